@@ -1,0 +1,37 @@
+# Two commands on a fresh machine (Python 3.11 + pip): `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export GX_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export TOKENIZERS_PARALLELISM := false
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# constraints.txt is the lock: every package pinned, torch to the CPU wheel kept on these machines.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[pipeline,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf data/world models metrics reports .cache

@@ -1,0 +1,287 @@
+"""Benchmark bye.detect.extract against a plain forward and the published output_attentions path.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/extract.py [--quick]
+
+One random-initialised LLaVA-architecture model (CLIP vision tower, Llama language model;
+text hidden 256, 6 layers, 8 heads), nothing downloaded. Three ways through the same batch,
+each starting from PIL images and questions (processor encoding included in all three):
+
+  (a) extraction: ``image_attention`` (SDPA forward + one softmax row per layer);
+  (b) plain:      the same encoding and an SDPA forward, no attentions;
+  (c) published:  eager attention with ``output_attentions=True`` (every H x T x T map), then
+                  row -1 of each layer. The published code calls ``generate(max_new_tokens=1)``
+                  one sample at a time; a batched prefill forward is a lower bound on its cost.
+
+Throughput: rounds interleave (a), (b), (c) so that load from other processes hits all three;
+the median over rounds is reported. Memory: one fresh subprocess per (method, image-token
+count); extra memory = peak RSS (``VmHWM``) after the call minus the RSS just before it.
+Writes benchmarks/results/extract.json and extract.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+PATCH = 8
+TEXT = dict(text_hidden=256, text_layers=6, text_heads=8, text_intermediate=1024)
+VISION = dict(vision_hidden=128, vision_layers=2, vision_heads=4, vision_intermediate=512)
+QUESTIONS = ["What colour is the circle?", "How many shapes are there?", "Is there a red square in the picture?",
+             "What shape is at the top left?"]
+
+
+def build(image_tokens: int, seed: int = 0):
+    """(model, processor) with ``image_tokens`` = (image_size / 8)^2 image tokens per sample."""
+    from bye.models.tiny import TinyLlavaSpec, build_model, build_processor, tokenizer_corpus, train_tokenizer
+
+    side = int(round(image_tokens ** 0.5))
+    assert side * side == image_tokens
+    spec = TinyLlavaSpec(image_size=side * PATCH, patch_size=PATCH, vocab_size=640,
+                         max_positions=image_tokens + 256, **VISION, **TEXT)
+    tokenizer = train_tokenizer(tokenizer_corpus(0, n=200), spec.vocab_size)
+    model = build_model(tokenizer, spec, seed=seed).eval()
+    return model, build_processor(tokenizer, spec)
+
+
+def batch(n: int, size: int):
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    images = [Image.fromarray(rng.randint(0, 255, (size, size, 3)).astype(np.uint8)) for _ in range(n)]
+    return images, [QUESTIONS[i % len(QUESTIONS)] for i in range(n)]
+
+
+@torch.no_grad()
+def run_extraction(model, processor, images, questions):
+    from bye.detect.extract import image_attention
+
+    return image_attention(model, processor, images, questions, batch_size=len(images)).attention
+
+
+@torch.no_grad()
+def run_plain(model, processor, images, questions):
+    from bye.detect.extract import encode_batch
+
+    encoded = encode_batch(processor, images, questions)
+    return model(**encoded, use_cache=False, logits_to_keep=1).logits
+
+
+@torch.no_grad()
+def run_published(model, processor, images, questions):
+    """Eager attention, every map materialised, one row of each kept."""
+    from bye.detect.extract import encode_batch, image_token_id
+
+    model.set_attn_implementation("eager")
+    try:
+        encoded = encode_batch(processor, images, questions)
+        out = model(**encoded, use_cache=False, logits_to_keep=1, output_attentions=True)
+        rows = torch.stack([a[:, :, -1, :].mean(dim=1) for a in out.attentions], dim=1)  # (B, L, T)
+        is_image = encoded["input_ids"] == image_token_id(model, processor)
+        picked = [rows[b][:, is_image[b]] for b in range(rows.shape[0])]
+        return np.stack([(p / p.sum(-1, keepdim=True)).numpy() for p in picked])
+    finally:
+        model.set_attn_implementation("sdpa")
+
+
+METHODS = {"extraction": run_extraction, "plain_forward": run_plain, "output_attentions": run_published}
+
+
+def throughput(image_tokens: int, batch_size: int, rounds: int) -> dict:
+    model, processor = build(image_tokens)
+    images, questions = batch(batch_size, int(image_tokens ** 0.5) * PATCH)
+    # Same numbers before timing anything: the benchmark compares equal work.
+    a = run_extraction(model, processor, images, questions)
+    c = run_published(model, processor, images, questions)
+    max_diff = float(np.abs(a - c).max())
+    run_plain(model, processor, images, questions)
+    seconds = {name: [] for name in METHODS}
+    for _ in range(rounds):
+        for name, method in METHODS.items():
+            began = time.perf_counter()
+            method(model, processor, images, questions)
+            seconds[name].append(time.perf_counter() - began)
+    median = {name: statistics.median(s) for name, s in seconds.items()}
+    per_second = {name: batch_size / median[name] for name in METHODS}
+    return {
+        "image_tokens": image_tokens,
+        "batch_size": batch_size,
+        "rounds": rounds,
+        "prompt_tokens": int(run_plain_length(processor, images, questions)),
+        "seconds": seconds,
+        "median_seconds": median,
+        "samples_per_second": per_second,
+        "vs_plain_forward": per_second["extraction"] / per_second["plain_forward"],
+        "vs_output_attentions": per_second["extraction"] / per_second["output_attentions"],
+        "max_abs_diff_extraction_vs_output_attentions": max_diff,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def run_plain_length(processor, images, questions) -> int:
+    from bye.detect.extract import encode_batch
+
+    return encode_batch(processor, images, questions)["input_ids"].shape[1]
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _peak_mb() -> float:
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec, so a child of a big
+    # parent would report the parent's peak (measured: +450 MB on every cell).
+    return _status_mb("VmHWM")
+
+
+def memory_point(method: str, image_tokens: int, batch_size: int) -> dict:
+    """Run in a fresh process: RSS before the call, peak RSS after it."""
+    import gc
+
+    model, processor = build(image_tokens)
+    images, questions = batch(batch_size, int(image_tokens ** 0.5) * PATCH)
+    prompt_tokens = run_plain_length(processor, images, questions)
+    # The first forward of a process grows RSS by ~250 MB whatever the method (allocator arenas,
+    # thread pools); a one-sample plain forward pays that before the measured call.
+    run_plain(model, processor, images[:1], questions[:1])
+    gc.collect()
+    before = _status_mb("VmRSS")
+    peak_before = _peak_mb()
+    METHODS[method](model, processor, images, questions)
+    peak = _peak_mb()
+    return {"method": method, "image_tokens": image_tokens, "prompt_tokens": int(prompt_tokens),
+            "batch_size": batch_size, "rss_before_mb": round(before, 1),
+            "peak_before_call_mb": round(peak_before, 1), "peak_rss_mb": round(peak, 1),
+            "extra_mb": round(peak - before, 1)}
+
+
+def memory(points: list[int], methods: list[str], batch_size: int, threads: int) -> list[dict]:
+    rows = []
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src")}
+    for tokens in points:
+        for method in methods:
+            out = subprocess.run([sys.executable, __file__, "--threads", str(threads), "--memory-point", method, str(tokens),
+                              str(batch_size)],
+                                 capture_output=True, text=True, env=env, check=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"  memory {method:18s} {tokens:5d} image tokens: +{rows[-1]['extra_mb']:.1f} MB", flush=True)
+    return rows
+
+
+def machine() -> dict:
+    import transformers
+
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "load_average_at_start": list(os.getloadavg())}
+
+
+def markdown(result: dict) -> str:
+    t = result["throughput"]
+    sps = t["samples_per_second"]
+    lines = [
+        "# Attention extraction benchmark",
+        "",
+        f"Random LLaVA (CLIP {VISION['vision_layers']}x{VISION['vision_hidden']}, Llama "
+        f"{TEXT['text_layers']}x{TEXT['text_hidden']}, {TEXT['text_heads']} heads, {t['parameters'] / 1e6:.1f} M "
+        f"parameters), batch {t['batch_size']}, {t['image_tokens']} image tokens ({t['prompt_tokens']} prompt tokens), "
+        f"median of {t['rounds']} interleaved rounds, encoding included. Machine: {result['machine']['cpu_count']} CPUs, "
+        f"{result['machine']['torch_threads']} torch thread(s), torch {result['machine']['torch']}, transformers {result['machine']['transformers']}, load average at start "
+        f"{result['machine']['load_average_at_start'][0]:.2f}.",
+        "",
+        "| path | samples/s | extraction ratio |",
+        "|---|---|---|",
+        f"| (a) extraction (`image_attention`) | {sps['extraction']:.2f} | 1 |",
+        f"| (b) plain SDPA forward | {sps['plain_forward']:.2f} | {result['vs_plain_forward']:.2f}x (a/b) |",
+        f"| (c) eager + output_attentions | {sps['output_attentions']:.2f} | {result['vs_output_attentions']:.2f}x (a/c) |",
+        "",
+        f"(a) and (c) agree to {t['max_abs_diff_extraction_vs_output_attentions']:.1e} (max abs).",
+        "",
+        "By prompt size (same model family, batch "
+        f"{t['batch_size']}): "
+        + "; ".join(f"{r['image_tokens']} image tokens: a/b {r['vs_plain_forward']:.2f}x, "
+                    f"a/c {r['vs_output_attentions']:.2f}x" for r in result["throughput_by_image_tokens"]) + ".",
+        "",
+        f"Extra memory of one call (peak RSS minus RSS before it, fresh process per cell, batch "
+        f"{result['memory'][0]['batch_size']}), MB:",
+        "",
+    ]
+    methods = list(dict.fromkeys(m["method"] for m in result["memory"]))
+    lines.append("| image tokens | prompt tokens | " + " | ".join(methods) + " |")
+    lines.append("|---" * (2 + len(methods)) + "|")
+    for tokens in dict.fromkeys(m["image_tokens"] for m in result["memory"]):
+        cells = {m["method"]: m for m in result["memory"] if m["image_tokens"] == tokens}
+        prompt = next(iter(cells.values()))["prompt_tokens"]
+        lines.append(f"| {tokens} | {prompt} | " + " | ".join(f"{cells[m]['extra_mb']:.1f}" for m in methods) + " |")
+    lines += ["", result["memory_note"], ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--memory-point", nargs=3, metavar=("METHOD", "IMAGE_TOKENS", "BATCH"))
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and points (smoke run)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; 1 by default because the cores are shared with other jobs, where "
+                             "2 OpenMP threads made every path 10-30x slower and erratic (measured)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.memory_point:
+        method, tokens, batch_size = args.memory_point
+        print(json.dumps(memory_point(method, int(tokens), int(batch_size))))
+        return
+    began = time.perf_counter()
+    info = machine()
+    print(f"throughput ... ({info['cpu_count']} CPUs, load {info['load_average_at_start'][0]:.2f})", flush=True)
+    by_size = []
+    for tokens in ([576] if args.quick else [256, 576, 1024]):
+        by_size.append(throughput(image_tokens=tokens, batch_size=4, rounds=3 if args.quick else 5))
+        print(f"  {tokens} image tokens, samples/s {by_size[-1]['samples_per_second']}", flush=True)
+    t = next(r for r in by_size if r["image_tokens"] == 576)  # LLaVA-1.5's image-token count
+    points = [64, 1024] if args.quick else [64, 256, 576, 1024]
+    mem = memory(points, list(METHODS), batch_size=4, threads=args.threads)
+    extra = {m: [r["extra_mb"] for r in mem if r["method"] == m] for m in METHODS}
+    tokens = [r["prompt_tokens"] for r in mem if r["method"] == "extraction"]
+    # Growth exponent of the extra memory between the smallest and largest prompt: ~1 linear, ~2 quadratic.
+    slope = {m: float(np.log(max(v[-1], 1e-3) / max(v[0], 1e-3)) / np.log(tokens[-1] / tokens[0]))
+             for m, v in extra.items()}
+    result = {
+        "vs_plain_forward": t["vs_plain_forward"],
+        "vs_output_attentions": t["vs_output_attentions"],
+        "throughput": t,
+        "throughput_by_image_tokens": by_size,
+        "memory": mem,
+        "memory_growth_exponent": slope,
+        "memory_note": (
+            "Extra memory includes the forward pass itself (activations, logits of one position) and, for "
+            "(c), the eager vision tower. Growth exponent from the smallest to the largest prompt: "
+            + ", ".join(f"{m} {s:.2f}" for m, s in slope.items()) + " (1 = linear, 2 = quadratic)."
+        ),
+        "machine": info,
+        "seconds": time.perf_counter() - began,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "extract.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "extract.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""``bye``: a thin command-line face over the library. Knobs come from ``params.yaml``; flags win."""
+
+from __future__ import annotations
+
+import os
+
+for _name, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+}.items():
+    os.environ.setdefault(_name, _value)
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+
+from bye.config import build, load_params  # noqa: E402
+
+params_option = click.option("--params", "params_path", type=click.Path(dir_okay=False), default=None,
+                             help="params.yaml to read (default: ./params.yaml if present).")
+
+
+def _echo_json(payload: dict) -> None:
+    click.echo(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+@click.group()
+@click.version_option(package_name="bye-detect")
+def main() -> None:
+    """Find and remove backdoor samples in multimodal fine-tuning submissions (BYE)."""
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--n-train", type=int, default=None, help="Training samples (params: world.n_train).")
+@click.option("--n-test", type=int, default=None, help="Test samples (params: world.n_test).")
+@click.option("--seed", type=int, default=None, help="World seed (params: world.seed).")
+@click.option("--task", type=click.Choice(["vqa", "mcq", "mixed"]), default=None,
+              help="Task family (params: world.task).")
+@params_option
+def world(out_dir, n_train, n_test, seed, task, params_path):
+    """Generate the embedded image-question world as a submission folder OUT_DIR."""
+    from bye.data.world import WorldConfig, write_world
+
+    section = dict(load_params(params_path).get("world", {}))
+    scene = build(WorldConfig, section.pop("scene", {}))
+    counts = write_world(
+        out_dir,
+        n_train=n_train if n_train is not None else section.get("n_train", 2000),
+        n_test=n_test if n_test is not None else section.get("n_test", 500),
+        seed=seed if seed is not None else section.get("seed", 0),
+        task=task or section.get("task", "mixed"),
+        config=scene,
+        progress=True,
+    )
+    _echo_json({"out_dir": out_dir, **counts})
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--n-images", type=int, default=None, help="Pre-training captions (params: base.pretrain.n_images).")
+@click.option("--epochs", type=float, default=None, help="Pre-training epochs (params: base.pretrain.epochs).")
+@click.option("--seed", type=int, default=None, help="Seed (params: base.pretrain.seed).")
+@params_option
+def base(model_dir, n_images, epochs, seed, params_path):
+    """Build and pre-train the embedded tiny LLaVA base model into MODEL_DIR."""
+    from bye.data.world import WorldConfig
+    from bye.models.tiny import PretrainSpec, TinyLlavaSpec, build_base
+
+    params = load_params(params_path)
+    section = params.get("base", {})
+    spec = build(TinyLlavaSpec, section.get("model"))
+    pretrain = build(PretrainSpec, section.get("pretrain"), n_images=n_images, epochs=epochs, seed=seed)
+    scene = build(WorldConfig, params.get("world", {}).get("scene"))
+    summary = build_base(model_dir, spec, pretrain, scene, progress=True)
+    _echo_json({k: summary[k] for k in ("parameters", "vocab_size", "epoch_losses", "train_seconds", "total_seconds")})
+
+
+@main.command()
+@click.argument("data_json", type=click.Path(exists=True, dir_okay=False))
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Image folder (default: images/ beside DATA_JSON).")
+@click.option("--base", "base_dir", type=click.Path(exists=True, file_okay=False), required=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--epochs", type=float, default=None)
+@click.option("--learning-rate", "--lr", "learning_rate", type=float, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--rank", type=int, default=None)
+@click.option("--alpha", type=int, default=None)
+@click.option("--dropout", type=float, default=None)
+@click.option("--target-modules", type=str, default=None, help="Comma-separated module names.")
+@click.option("--train-projector/--no-train-projector", default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--checkpoint-every", type=int, default=None)
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None)
+@params_option
+def finetune(data_json, images_dir, base_dir, out_dir, epochs, learning_rate, batch_size, rank, alpha, dropout,
+             target_modules, train_projector, seed, checkpoint_every, checkpoint_dir, params_path):
+    """LoRA fine-tune BASE on DATA_JSON; save the adapter to OUT (resumes if interrupted)."""
+    from bye.data.submission import images_dir_for
+    from bye.models.finetune import LoraSettings
+    from bye.models.finetune import finetune as run_finetune
+
+    settings = build(
+        LoraSettings, load_params(params_path).get("finetune"),
+        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, rank=rank, alpha=alpha,
+        dropout=dropout, train_projector=train_projector, seed=seed, checkpoint_every=checkpoint_every,
+        target_modules=tuple(target_modules.split(",")) if target_modules else None,
+    )
+    summary = run_finetune(data_json, images_dir or images_dir_for(data_json), base_dir, out_dir, settings,
+                           checkpoint_dir=checkpoint_dir)
+    _echo_json({k: summary[k] for k in ("n_samples", "steps", "epoch_losses", "train_seconds",
+                                        "samples_per_second", "resumed_from_step")})
+
+
+@main.command(name="eval")
+@click.argument("test_json", type=click.Path(exists=True, dir_okay=False))
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Image folder (default: images/ beside TEST_JSON).")
+@click.option("--base", "base_dir", type=click.Path(exists=True, file_okay=False), required=True)
+@click.option("--adapter", "adapter_dir", type=click.Path(exists=True, file_okay=False), default=None)
+@click.option("--out", "out_json", type=click.Path(dir_okay=False), required=True)
+@click.option("--predictions", "predictions_csv", type=click.Path(dir_okay=False), default=None,
+              help="Also write one row per test sample.")
+@click.option("--batch-size", type=int, default=None)
+@params_option
+def evaluate(test_json, images_dir, base_dir, adapter_dir, out_json, predictions_csv, batch_size, params_path):
+    """Greedy-decode TEST_JSON and score it; write metrics JSON to OUT."""
+    from bye.data.submission import images_dir_for
+    from bye.models.evaluate import EvalSettings, run_evaluation
+
+    settings = build(EvalSettings, load_params(params_path).get("eval"), batch_size=batch_size)
+    metrics = run_evaluation(test_json, images_dir or images_dir_for(test_json), base_dir, adapter_dir,
+                             settings, out_json=out_json, predictions_csv=predictions_csv)
+    _echo_json(metrics)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

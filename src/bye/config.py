@@ -1,0 +1,34 @@
+"""``params.yaml``: one section per stage; every knob of the library has a key there."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+def load_params(path: str | Path | None = None) -> dict:
+    """The parsed params file, or ``{}`` when none is given and none is in the working folder."""
+    candidate = Path(path) if path else DEFAULT_PARAMS
+    if not candidate.exists():
+        if path:
+            raise FileNotFoundError(f"params file {candidate} not found")
+        return {}
+    data = yaml.safe_load(candidate.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{candidate}: expected a mapping of sections")
+    return data
+
+
+def build(cls, values: dict | None, **overrides):
+    """A dataclass from a params section plus non-None overrides; unknown keys are an error."""
+    values = dict(values or {})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown keys for {cls.__name__}: {unknown}; known: {sorted(known)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

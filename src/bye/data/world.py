@@ -1,0 +1,293 @@
+"""The embedded world: procedurally drawn scenes and questions that need the image.
+
+A scene is a few coloured shapes on a varied background, each shape in its own cell of a
+3 x 3 grid. Three families of text are drawn from scenes:
+
+* ``vqa``     short-answer questions (colour of an object, how many of a kind, which of two
+              is further left, is there a ...),
+* ``mcq``     multiple choice with lettered options, answered with the letter,
+* ``caption`` scene descriptions: the generic corpus the base model is pre-trained on,
+              never part of a downstream submission.
+
+Every random choice comes from a generator seeded by ``(seed, split, index)``, so the same
+seed gives byte-identical output and a sample does not depend on how many were drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from bye.data.submission import Sample, write_manifest
+
+SHAPES = ("circle", "square", "triangle", "cross")
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 205, 30),
+    "purple": (150, 50, 190),
+    "orange": (245, 135, 20),
+}
+SIZES = ("small", "large")
+CELL_NAMES = (
+    "top left", "top", "top right",
+    "left", "centre", "right",
+    "bottom left", "bottom", "bottom right",
+)
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+TASKS = ("vqa", "mcq", "mixed")
+SPLIT_CODES = {"train": 1, "test": 2, "corpus": 3}
+MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    shape: str
+    colour: str
+    size: str
+    cell: int  # 0..8, row-major in the 3 x 3 grid
+    centre: tuple[float, float]  # pixels (x, y)
+
+
+@dataclass
+class Scene:
+    image: Image.Image
+    objects: list[SceneObject] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    image_size: int = 64
+    min_objects: int = 2
+    max_objects: int = 4
+    noise_std: float = 4.0
+
+
+def sample_id(seed: int, split: str, index: int) -> str:
+    """An opaque, stable id: reveals nothing about the sample's content or later poisoning."""
+    digest = hashlib.sha256(f"bye-world/{seed}/{split}/{index}".encode()).hexdigest()
+    return digest[:16]
+
+
+def _rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, SPLIT_CODES[split], index])
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A pale two-colour linear gradient in a random direction."""
+    start = rng.uniform(170, 245, size=3)
+    end = np.clip(start + rng.uniform(-40, 40, size=3), 150, 250)
+    angle = rng.uniform(0, 2 * np.pi)
+    ys, xs = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    t = (np.cos(angle) * xs + np.sin(angle) * ys)
+    t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
+    return start[None, None, :] * (1 - t[..., None]) + end[None, None, :] * t[..., None]
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, obj: SceneObject, radius: float) -> None:
+    x, y = obj.centre
+    fill = COLOURS[obj.colour]
+    if obj.shape == "circle":
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=fill)
+    elif obj.shape == "square":
+        r = radius * 0.9
+        draw.rectangle([x - r, y - r, x + r, y + r], fill=fill)
+    elif obj.shape == "triangle":
+        draw.polygon([(x, y - radius), (x - radius, y + radius * 0.8), (x + radius, y + radius * 0.8)], fill=fill)
+    elif obj.shape == "cross":
+        arm = radius * 0.38
+        draw.rectangle([x - radius, y - arm, x + radius, y + arm], fill=fill)
+        draw.rectangle([x - arm, y - radius, x + arm, y + radius], fill=fill)
+    else:  # pragma: no cover - SHAPES is closed
+        raise ValueError(f"unknown shape {obj.shape!r}")
+
+
+def draw_scene(rng: np.random.Generator, config: WorldConfig = WorldConfig()) -> Scene:
+    """Draw one scene: 2-4 objects, distinct cells, jittered centres, gradient and noise."""
+    size = config.image_size
+    cell = size / 3
+    n_objects = int(rng.integers(config.min_objects, config.max_objects + 1))
+    cells = sorted(rng.choice(9, size=n_objects, replace=False).tolist())
+    objects = []
+    for c in cells:
+        row, col = divmod(c, 3)
+        jitter = rng.uniform(-0.12, 0.12, size=2) * cell
+        centre = ((col + 0.5) * cell + jitter[0], (row + 0.5) * cell + jitter[1])
+        objects.append(SceneObject(
+            shape=str(rng.choice(SHAPES)),
+            colour=str(rng.choice(list(COLOURS))),
+            size=str(rng.choice(SIZES)),
+            cell=c,
+            centre=(float(centre[0]), float(centre[1])),
+        ))
+    canvas = Image.fromarray(_background(rng, size).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(canvas)
+    for obj in objects:
+        radius = cell * (0.28 if obj.size == "small" else 0.42)
+        _draw_shape(draw, obj, radius)
+    pixels = np.asarray(canvas, dtype=np.float64)
+    pixels = pixels + rng.normal(0.0, config.noise_std, size=pixels.shape)
+    image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
+    return Scene(image=image, objects=objects)
+
+
+# ---------------------------------------------------------------- questions
+
+
+def _unique(objects: list[SceneObject], attribute: str) -> list[SceneObject]:
+    values = [getattr(o, attribute) for o in objects]
+    return [o for o in objects if values.count(getattr(o, attribute)) == 1]
+
+
+def _vqa(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, str, str]:
+    """One short-answer question: (kind, question, answer)."""
+    unique_shapes = _unique(objects, "shape")
+    kinds = ["count", "exists"]
+    if unique_shapes:
+        kinds.append("colour")
+    if len({o.cell % 3 for o in unique_shapes}) >= 2:
+        kinds.append("left")
+    kind = str(rng.choice(kinds))
+    if kind == "colour":
+        obj = unique_shapes[int(rng.integers(len(unique_shapes)))]
+        return kind, f"What colour is the {obj.shape}?", obj.colour
+    if kind == "count":
+        shape = str(rng.choice(SHAPES))
+        count = sum(o.shape == shape for o in objects)
+        plural = "crosses" if shape == "cross" else f"{shape}s"
+        return kind, f"How many {plural} are there?", str(count)
+    if kind == "left":
+        while True:
+            a, b = rng.choice(len(unique_shapes), size=2, replace=False)
+            first, second = unique_shapes[int(a)], unique_shapes[int(b)]
+            if first.cell % 3 != second.cell % 3:
+                break
+        answer = first if first.cell % 3 < second.cell % 3 else second
+        return kind, f"Which is further left, the {first.shape} or the {second.shape}?", answer.shape
+    # exists: balanced yes / no
+    if rng.random() < 0.5:
+        obj = objects[int(rng.integers(len(objects)))]
+        return kind, f"Is there a {obj.colour} {obj.shape}?", "yes"
+    present = {(o.colour, o.shape) for o in objects}
+    absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
+    colour, shape = absent[int(rng.integers(len(absent)))]
+    return kind, f"Is there a {colour} {shape}?", "no"
+
+
+def _mcq(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, str, str]:
+    """One multiple-choice question with four lettered options; the answer is the letter."""
+    unique_shapes = _unique(objects, "shape")
+    unique_colours = _unique(objects, "colour")
+    kinds = ["count_all"]
+    if unique_shapes:
+        kinds.append("colour")
+    if unique_colours:
+        kinds.append("shape")
+    kind = str(rng.choice(kinds))
+    if kind == "colour":
+        obj = unique_shapes[int(rng.integers(len(unique_shapes)))]
+        stem, correct, pool = f"What colour is the {obj.shape}?", obj.colour, list(COLOURS)
+    elif kind == "shape":
+        obj = unique_colours[int(rng.integers(len(unique_colours)))]
+        stem, correct, pool = f"Which shape is {obj.colour}?", obj.shape, list(SHAPES)
+    else:
+        stem, correct, pool = "How many objects are there?", str(len(objects)), [str(n) for n in range(1, 7)]
+    distractors = [p for p in pool if p != correct]
+    chosen = [correct] + [distractors[int(i)] for i in rng.choice(len(distractors), size=3, replace=False)]
+    order = rng.permutation(4)
+    options = [chosen[int(i)] for i in order]
+    letter = "ABCD"[options.index(correct)]
+    lines = "\n".join(f"{'ABCD'[i]}. {option}" for i, option in enumerate(options))
+    return f"mcq_{kind}", f"{stem}\n{lines}\n{MCQ_SUFFIX}", letter
+
+
+def describe(objects: list[SceneObject]) -> str:
+    """The caption of a scene, objects in reading order."""
+    # Position first: naming the cell before its object makes the caption a sequence of
+    # "look there, say what is there" steps, which a small model learns far sooner.
+    parts = [f"{CELL_NAMES[o.cell]}: a {o.size} {o.colour} {o.shape}" for o in objects]
+    count = NUMBER_WORDS[len(objects)]
+    return f"{count.capitalize()} objects. " + "; ".join(parts) + "."
+
+
+def describe_list(objects: list[SceneObject]) -> str:
+    """The objects as a lettered list."""
+    return "\n".join(f"{'ABCDEFGHI'[i]}. {o.size} {o.colour} {o.shape}, {CELL_NAMES[o.cell]}"
+                     for i, o in enumerate(objects))
+
+
+def describe_occupancy(objects: list[SceneObject]) -> str:
+    """Which of the nine cells hold an object, and how many per row."""
+    filled = {o.cell for o in objects}
+    cells = "; ".join(f"{name}: {'yes' if c in filled else 'no'}" for c, name in enumerate(CELL_NAMES))
+    rows = ", ".join(f"{sum(o.cell // 3 == r for o in objects)}" for r in range(3))
+    return f"{cells}. Per row: {rows}."
+
+
+# The generic corpus: several ways of describing a whole scene, none of them a downstream
+# question. Together they use the words every later answer needs (colours, shapes, digits,
+# letters, yes / no), as a real base model's pre-training text would.
+CAPTION_FORMATS = (
+    (("Describe the image.", "What is in the picture?", "Describe the scene in detail."), describe),
+    (("List the objects.", "Enumerate what you see."), describe_list),
+    (("Which cells are filled?", "Describe the layout."), describe_occupancy),
+)
+
+
+def make_text(task: str, rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, str, str]:
+    """(kind, question, answer) for one scene and one task family."""
+    if task == "mixed":
+        task = "vqa" if rng.random() < 0.5 else "mcq"
+    if task == "vqa":
+        return _vqa(rng, objects)
+    if task == "mcq":
+        return _mcq(rng, objects)
+    if task == "caption":
+        prompts, describer = CAPTION_FORMATS[int(rng.integers(len(CAPTION_FORMATS)))]
+        return "caption", str(rng.choice(prompts)), describer(objects)
+    raise ValueError(f"unknown task {task!r}; expected one of {TASKS + ('caption',)}")
+
+
+@dataclass(frozen=True)
+class DrawnSample:
+    sample: Sample
+    image: Image.Image
+    kind: str
+    objects: tuple[SceneObject, ...] = ()
+
+
+def generate(split: str, n: int, *, seed: int, task: str, config: WorldConfig = WorldConfig()) -> Iterator[DrawnSample]:
+    """Yield ``n`` samples of one split, each independent of how many were asked for."""
+    for index in range(n):
+        rng = _rng(seed, split, index)
+        scene = draw_scene(rng, config)
+        kind, question, answer = make_text(task, rng, scene.objects)
+        sid = sample_id(seed, split, index)
+        yield DrawnSample(sample=Sample.single_turn(sid, f"{sid}.png", question, answer), image=scene.image, kind=kind,
+                          objects=tuple(scene.objects))
+
+
+def write_world(out_dir: str | Path, *, n_train: int, n_test: int, seed: int, task: str = "mixed",
+                config: WorldConfig = WorldConfig(), progress: bool = False) -> dict[str, int]:
+    """Write a submission folder: ``train.json``, ``test.json`` and ``images/*.png``."""
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        samples = []
+        for drawn in tqdm(generate(split, n, seed=seed, task=task, config=config), total=n,
+                          desc=f"world {split}", disable=not progress):
+            drawn.image.save(images / drawn.sample.image, format="PNG")
+            samples.append(drawn.sample)
+        write_manifest(samples, out / f"{split}.json")
+        counts[split] = len(samples)
+    return counts

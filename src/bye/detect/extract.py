@@ -1,0 +1,281 @@
+"""Attention of the answer position to the image tokens, one row per language-model layer.
+
+BYE reads, for every sample and every decoder layer of the language model, the attention of
+the last prompt position (the one that predicts the first answer token) to the image-token
+keys, averaged over heads and renormalised over the image tokens. The published code gets it
+from ``generate(output_attentions=True)`` under eager attention, which materialises every
+``H x T x T`` map to keep one row of each. Here a custom attention function is registered with
+transformers' ``AttentionInterface`` and selected for the language model only: it returns the
+stock SDPA output (the forward pass is unchanged) and, on the side, computes the single softmax
+row ``softmax(q_last . K^T * scale + mask_last)`` per layer. Extra memory is ``O(B x H x T)``
+per layer instead of ``O(B x H x T^2)``.
+
+Nothing here knows a model family: the language model is found through
+``config.get_text_config()``, image positions through the generic ``image_token_id`` /
+``image_token_index`` config field, batching and image-token expansion through the checkpoint's
+own processor, and position ids through the same helper ``generate`` uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import inspect
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bye.models.chat import prompt_text
+
+ATTENTION_NAME = "bye_last_row"
+EPS = 1e-8
+
+# The rows of the forward pass in flight (a list the attention function appends to), or None.
+_RECORDER: contextvars.ContextVar[list | None] = contextvars.ContextVar("bye_last_row_recorder", default=None)
+
+
+@dataclass
+class ImageAttention:
+    """Per-sample, per-layer attention of the last prompt position over the image tokens.
+
+    attention: ``(N, L, K)`` float32. ``N`` samples, ``L`` language-model decoder layers, ``K``
+        the largest number of image tokens in the batch. Row ``[n, l, :k_n]`` sums to 1 over the
+        ``k_n = image_token_count[n]`` image tokens of sample ``n`` (in prompt order); entries
+        beyond ``k_n`` are NaN. With a fixed image-token count (LLaVA) there is no NaN.
+    image_token_count: ``(N,)`` int64, image tokens per sample.
+    maps: ``(N, L, K)`` float16 copy of ``attention`` when asked for (for reports), else None.
+    """
+
+    attention: np.ndarray
+    image_token_count: np.ndarray
+    maps: np.ndarray | None = None
+
+    @property
+    def n_layers(self) -> int:
+        return self.attention.shape[1]
+
+    def entropy(self) -> np.ndarray:
+        """``(N, L)`` entropy in nats, see :func:`layer_entropy`."""
+        return layer_entropy(self.attention)
+
+
+def layer_entropy(attention: np.ndarray) -> np.ndarray:
+    """``H = -sum_t p_t ln(p_t + 1e-8)`` over the last axis, as published (natural log).
+
+    attention: ``(N, L, K)``, NaN-padded beyond each sample's image tokens -> ``(N, L)`` float64.
+    The maximum is ``ln(k)`` for ``k`` image tokens. An all-NaN row (no image token visible to
+    the last position in that layer) gives NaN, never a misleading 0.
+    """
+    p = np.asarray(attention, dtype=np.float64)
+    entropy = -np.nansum(p * np.log(p + EPS), axis=-1)
+    entropy[np.isnan(p).all(axis=-1)] = np.nan
+    return entropy
+
+
+def _last_row_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                        **kwargs) -> tuple[torch.Tensor, None]:
+    """``AttentionInterface`` function: stock output, plus the last query's head-mean row.
+
+    query ``(B, H, Q, D)``, key/value ``(B, H_kv, S, D)``, attention_mask None (causal, no
+    padding), bool ``(B, 1|H, Q, S)`` (True = attend) or additive float of that shape.
+    Appends ``(B, S)`` float32 (softmax over all keys, mean over heads) to the active recorder.
+    """
+    softcap, sinks = kwargs.get("softcap"), kwargs.get("s_aux")
+    if softcap is None and sinks is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        output = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                        scaling=scaling, **kwargs)
+    else:
+        # SDPA has neither logit soft-capping nor sink logits: run the layer's own eager function,
+        # which expects an additive mask.
+        eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward")
+        additive = attention_mask
+        if attention_mask is not None and attention_mask.dtype == torch.bool:
+            additive = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device)
+            additive = additive.masked_fill(~attention_mask, torch.finfo(query.dtype).min)
+        output = eager(module, query, key, value, additive, dropout=dropout,
+                       scaling=scaling if scaling is not None else query.shape[-1] ** -0.5, **kwargs)
+    rows = _RECORDER.get()
+    if rows is not None:
+        rows.append(_head_mean_last_row(query, key, attention_mask, scaling, softcap, sinks,
+                                        kwargs.get("position_bias")))
+    return output
+
+
+def _head_mean_last_row(query, key, attention_mask, scaling, softcap, sinks, position_bias) -> torch.Tensor:
+    """``(B, S)`` float32: softmax row of the last query position, averaged over the H heads."""
+    batch, heads, _, dim = query.shape
+    kv_heads, length = key.shape[1], key.shape[2]
+    scale = scaling if scaling is not None else dim ** -0.5
+    # Grouped-query attention without repeat_kv: query head h reads key head h // (H / H_kv).
+    q = query[:, :, -1, :].float().reshape(batch, kv_heads, heads // kv_heads, dim)
+    scores = torch.matmul(q, key.float().transpose(-1, -2)).reshape(batch, heads, length) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if position_bias is not None:
+        scores = scores + position_bias[..., -1, :].float()
+    if attention_mask is not None:
+        row = attention_mask[..., -1, :] if attention_mask.ndim == 4 else attention_mask[:, None, :]
+        if not row.is_floating_point():
+            row = row.bool()
+        if row.dtype == torch.bool:
+            scores = scores.masked_fill(~row, float("-inf"))
+        else:
+            scores = scores + row.float()
+    if sinks is not None:
+        sink = sinks.float().reshape(1, heads, 1).expand(batch, heads, 1)
+        probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+    else:
+        probs = torch.softmax(scores, dim=-1)
+    return probs.mean(dim=1)
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    AttentionInterface.register(ATTENTION_NAME, _last_row_attention)
+    # Masks are built per implementation name; ours wants exactly what SDPA gets.
+    AttentionMaskInterface.register(ATTENTION_NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+
+
+def _text_config_key(config) -> str:
+    """Key of the language model's sub-config in ``config`` ("" when it is the config itself)."""
+    text_config = config.get_text_config()
+    if text_config is config:
+        return ""
+    for name in config.sub_configs:
+        if getattr(config, name, None) is text_config:
+            return name
+    raise ValueError(f"{type(config).__name__}: cannot find the language model's sub-config")
+
+
+@contextlib.contextmanager
+def recording(model) -> Iterator[list[torch.Tensor]]:
+    """Route the language model's attention through the last-row function while recording.
+
+    Yields the list that each decoder layer appends its ``(B, S)`` row to, in call order. The
+    vision tower keeps its own implementation; the model's previous one is restored on exit.
+    """
+    _register()
+    key = _text_config_key(model.config)
+    text_config = model.config.get_text_config()
+    previous = text_config._attn_implementation
+    model.set_attn_implementation({key: ATTENTION_NAME} if key else ATTENTION_NAME)
+    if text_config._attn_implementation != ATTENTION_NAME:
+        model.set_attn_implementation({key: previous} if key else previous)
+        raise RuntimeError(f"{type(model).__name__}: the language model refused attn_implementation={ATTENTION_NAME!r}")
+    rows: list[torch.Tensor] = []
+    token = _RECORDER.set(rows)
+    try:
+        yield rows
+    finally:
+        _RECORDER.reset(token)
+        model.set_attn_implementation({key: previous} if key else previous)
+
+
+def image_token_id(model, processor=None) -> int:
+    """The placeholder id the processor expands and the model replaces with image features."""
+    for config in (model.config, model.config.get_text_config()):
+        for name in ("image_token_id", "image_token_index"):
+            value = getattr(config, name, None)
+            if isinstance(value, int):
+                return value
+    value = getattr(processor, "image_token_id", None)
+    if isinstance(value, int):
+        return value
+    raise ValueError(f"{type(model.config).__name__} has no image_token_id / image_token_index")
+
+
+def _forward_parameters(model) -> set[str]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper
+    return set(inspect.signature(base.forward).parameters)
+
+
+def encode_batch(processor, images: Sequence[Image.Image], questions: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Prompts (chat template + generation prompt) for a batch, LEFT-padded by the processor.
+
+    The last column is then every row's last prompt position. Returns the processor outputs
+    (``input_ids``/``attention_mask`` ``(B, T)`` plus the family's vision tensors).
+    """
+    texts = [prompt_text(processor, q) for q in questions]
+    encoded = processor(images=[[image] for image in images], text=texts, padding=True, padding_side="left",
+                        return_tensors="pt")
+    mask = encoded.get("attention_mask")
+    if mask is not None and not bool(mask[:, -1].all()):
+        raise RuntimeError("the processor did not pad on the left; the last column is not the last prompt token")
+    return encoded
+
+
+@torch.no_grad()
+def _batch_rows(model, encoded: dict[str, torch.Tensor], parameters: set[str]) -> torch.Tensor:
+    """``(B, L, T)`` float32: per layer, the last position's head-mean attention over all T keys."""
+    inputs = dict(encoded)
+    if "position_ids" in parameters and hasattr(model, "_prepare_position_ids_for_generation"):
+        # What generate() does: positions count real tokens only, so a left-padded row gets the
+        # same positions (RoPE, or a family's multimodal RoPE) as the sample alone.
+        inputs["position_ids"] = model._prepare_position_ids_for_generation(inputs["input_ids"], dict(inputs))
+    if "logits_to_keep" in parameters:
+        inputs["logits_to_keep"] = 1
+    with recording(model) as rows:
+        model(**inputs, use_cache=False)
+    if not rows:
+        raise RuntimeError(f"{type(model).__name__}: no decoder layer called the attention interface")
+    stacked = torch.stack(rows, dim=1)
+    if stacked.shape[-1] != encoded["input_ids"].shape[1]:
+        raise RuntimeError(f"attention over {stacked.shape[-1]} keys for {encoded['input_ids'].shape[1]} input tokens")
+    return stacked
+
+
+def image_attention(model, processor, images: Sequence[Image.Image], questions: Sequence[str], *,
+                    batch_size: int = 16, keep_maps: bool = False, progress: bool = False) -> ImageAttention:
+    """BYE's attention profile for N (image, question) prompts.
+
+    One prefill forward per batch (no generation, no KV cache). For every sample and every
+    language-model decoder layer: the attention of the last prompt position to the image-token
+    keys (``input_ids == image_token_id``), averaged over heads, renormalised to sum to 1 over
+    the image tokens. See :class:`ImageAttention` for shapes. The model's attention
+    implementation and train/eval mode are restored afterwards.
+
+    A layer whose mask hides every image token from the last position (a sliding-window layer
+    shorter than the question) has nothing to renormalise: its row is all NaN, as the eager
+    reference gives, and its entropy NaN.
+    """
+    if len(images) != len(questions):
+        raise ValueError(f"{len(images)} images for {len(questions)} questions")
+    token_id = image_token_id(model, processor)
+    parameters = _forward_parameters(model)
+    per_sample: list[np.ndarray] = []
+    starts = range(0, len(images), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="attention", unit="batch")
+    was_training = model.training
+    model.eval()
+    try:
+        for start in starts:
+            encoded = encode_batch(processor, images[start:start + batch_size], questions[start:start + batch_size])
+            rows = _batch_rows(model, encoded, parameters)
+            is_image = encoded["input_ids"] == token_id
+            for b in range(rows.shape[0]):
+                if not bool(is_image[b].any()):
+                    raise ValueError(f"sample {start + b}: no image token (id {token_id}) in the prompt")
+                selected = rows[b][:, is_image[b]]  # (L, K_b)
+                per_sample.append((selected / selected.sum(dim=-1, keepdim=True)).numpy())
+    finally:
+        model.train(was_training)
+    if not per_sample:
+        raise ValueError("no samples")
+    counts = np.array([p.shape[1] for p in per_sample], dtype=np.int64)
+    attention = np.full((len(per_sample), per_sample[0].shape[0], counts.max()), np.nan, dtype=np.float32)
+    for n, p in enumerate(per_sample):
+        attention[n, :, : p.shape[1]] = p
+    return ImageAttention(attention=attention, image_token_count=counts,
+                          maps=attention.astype(np.float16) if keep_maps else None)

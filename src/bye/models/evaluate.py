@@ -1,0 +1,153 @@
+"""Greedy generation and task scoring.
+
+Scoring rules:
+* multiple choice (the question lists options as ``A. ...`` lines): the prediction's option
+  letter must equal the reference letter; a prediction that spells out an option's text counts
+  as that option's letter;
+* anything else: normalised exact match (lower case, punctuation and articles dropped,
+  number words read as digits).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from bye.data.submission import Sample, resolve_image
+from bye.models.chat import open_rgb, prompt_text
+
+_OPTION_LINE = re.compile(r"^\s*([A-Z])[.)]\s+(.+?)\s*$", re.MULTILINE)
+_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"))}
+_ARTICLES = {"a", "an", "the"}
+
+
+def normalise(text: str) -> str:
+    text = text.lower().strip()
+    text = text.translate(str.maketrans({c: " " for c in string.punctuation}))
+    words = [_NUMBER_WORDS.get(w, w) for w in text.split() if w not in _ARTICLES]
+    return " ".join(words)
+
+
+def options_of(question: str) -> dict[str, str]:
+    """Lettered options of a multiple-choice question (empty for any other question)."""
+    found = dict(_OPTION_LINE.findall(question))
+    return found if len(found) >= 2 else {}
+
+
+def predicted_letter(prediction: str, options: dict[str, str]) -> str | None:
+    text = prediction.strip()
+    match = re.match(r"^\(?([A-Z])(?:[).:\s]|$)", text)
+    if match and match.group(1) in options:
+        return match.group(1)
+    by_text = {normalise(v): k for k, v in options.items()}
+    return by_text.get(normalise(text))
+
+
+def is_correct(question: str, prediction: str, reference: str) -> bool:
+    options = options_of(question)
+    if options:
+        reference_letter = predicted_letter(reference, options)
+        return reference_letter is not None and predicted_letter(prediction, options) == reference_letter
+    return normalise(prediction) == normalise(reference)
+
+
+def task_family(question: str) -> str:
+    return "mcq" if options_of(question) else "vqa"
+
+
+@torch.no_grad()
+def generate_answers(model, processor, images: list[Image.Image], questions: list[str], *,
+                     batch_size: int = 32, max_new_tokens: int = 12, progress: bool = True) -> list[str]:
+    """Greedy answers, batched with left padding so every prompt ends at the same position."""
+    tokenizer = processor.tokenizer
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    answers: list[str] = []
+    try:
+        for start in tqdm(range(0, len(questions), batch_size), desc="generate", disable=not progress):
+            batch_questions = questions[start:start + batch_size]
+            inputs = processor(images=images[start:start + batch_size],
+                               text=[prompt_text(processor, q) for q in batch_questions],
+                               padding=True, return_tensors="pt")
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id)
+            new_tokens = output[:, inputs["input_ids"].shape[1]:]
+            answers.extend(t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = previous_side
+    return answers
+
+
+def evaluate_samples(model, processor, samples: list[Sample], images_dir: str | Path, *,
+                     transform: Callable[[Image.Image, int], Image.Image] | None = None,
+                     batch_size: int = 32, max_new_tokens: int = 12, progress: bool = True) -> list[dict]:
+    """One row per sample: id, question, reference, prediction, correct, family."""
+    images = []
+    for index, sample in enumerate(samples):
+        image = open_rgb(resolve_image(images_dir, sample.image))
+        images.append(transform(image, index) if transform else image)
+    predictions = generate_answers(model, processor, images, [s.question for s in samples],
+                                   batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
+    return [
+        {"id": s.id, "question": s.question, "reference": s.answer, "prediction": p,
+         "correct": is_correct(s.question, p, s.answer), "family": task_family(s.question)}
+        for s, p in zip(samples, predictions)
+    ]
+
+
+def accuracy_report(rows: list[dict]) -> dict:
+    """``{"accuracy", "n", "by_family": {family: {"accuracy", "n"}}}``."""
+    def summary(subset):
+        return {"accuracy": sum(r["correct"] for r in subset) / len(subset) if subset else float("nan"),
+                "n": len(subset)}
+
+    report = summary(rows)
+    report["by_family"] = {f: summary([r for r in rows if r["family"] == f])
+                           for f in sorted({r["family"] for r in rows})}
+    return report
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    batch_size: int = 64
+    max_new_tokens: int = 12
+
+
+def run_evaluation(test_json: str | Path, images_dir: str | Path, base_dir: str | Path,
+                   adapter_dir: str | Path | None = None, settings: EvalSettings = EvalSettings(), *,
+                   out_json: str | Path | None = None, predictions_csv: str | Path | None = None,
+                   progress: bool = True) -> dict:
+    """Evaluate a base model (optionally with an adapter) on a test manifest."""
+    from bye.data.submission import read_manifest
+    from bye.io import atomic_write_json, atomic_write_text
+    from bye.models.loading import load_for_inference
+
+    samples = read_manifest(test_json)
+    model, processor = load_for_inference(base_dir, adapter_dir)
+    rows = evaluate_samples(model, processor, samples, images_dir, batch_size=settings.batch_size,
+                            max_new_tokens=settings.max_new_tokens, progress=progress)
+    metrics = accuracy_report(rows)
+    if out_json:
+        atomic_write_json(out_json, metrics)
+    if predictions_csv:
+        atomic_write_text(Path(predictions_csv), _rows_to_csv(rows))
+    return metrics
+
+
+def _rows_to_csv(rows: list[dict]) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["id"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

@@ -1,0 +1,120 @@
+"""LoRA fine-tuning of an image-text model on a submission (peft, answer tokens only).
+
+One module for every checkpoint: LoRA goes on the language model's linear layers named in
+``target_modules`` (matched under ``language_model``), optionally the projector is trained in
+full, and the adapter is saved with ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from bye.data.submission import Sample, read_manifest, resolve_image
+from bye.io import atomic_directory, atomic_write_json
+from bye.models.chat import EncodedSample, encode_for_training, open_rgb
+from bye.models.loading import load_base
+from bye.models.training import TrainConfig, train
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    language_model_pattern: str = "language_model"
+    train_projector: bool = False
+    projector_modules: tuple[str, ...] = ("multi_modal_projector",)
+    epochs: float = 3.0
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    seed: int = 0
+    checkpoint_every: int = 50
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+                           weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio, seed=self.seed,
+                           checkpoint_every=self.checkpoint_every)
+
+
+def add_lora(model, settings: LoraSettings):
+    from peft import LoraConfig, get_peft_model
+
+    names = "|".join(settings.target_modules)
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        # Only the language model's layers: vision towers often reuse names like q_proj.
+        target_modules=rf".*{settings.language_model_pattern}.*\.({names})$",
+        modules_to_save=list(settings.projector_modules) if settings.train_projector else None,
+    )
+    torch.manual_seed(settings.seed)  # LoRA's A matrices are drawn at random
+    return get_peft_model(model, config)
+
+
+def encode_manifest(processor, samples: list[Sample], images_dir: str | Path, *, progress: bool = True,
+                    with_answers: bool = True) -> list[EncodedSample]:
+    encoded = []
+    for sample in tqdm(samples, desc="encode", disable=not progress):
+        image = open_rgb(resolve_image(images_dir, sample.image))
+        encoded.append(encode_for_training(processor, image, sample.question, sample.answer if with_answers else None))
+    return encoded
+
+
+def _fingerprint(settings: LoraSettings, data_json: Path, base_dir: Path) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps(asdict(settings), sort_keys=True).encode())
+    digest.update(data_json.read_bytes())
+    digest.update((base_dir / "config.json").read_bytes())
+    return digest.hexdigest()
+
+
+def default_checkpoint_dir(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    return out.with_name(f".{out.name}.checkpoints")
+
+
+def finetune(data_json: str | Path, images_dir: str | Path, base_dir: str | Path, out_dir: str | Path,
+             settings: LoraSettings = LoraSettings(), *, checkpoint_dir: str | Path | None = None,
+             progress: bool = True, samples: list[Sample] | None = None) -> dict:
+    """Fine-tune a LoRA adapter on ``data_json`` and save it to ``out_dir``; return a summary.
+
+    Interrupted runs resume from ``checkpoint_dir`` (default: a hidden sibling of ``out_dir``),
+    which is removed once the adapter is written.
+    """
+    data_json, base_dir = Path(data_json), Path(base_dir)
+    samples = read_manifest(data_json) if samples is None else samples
+    model, processor = load_base(base_dir)
+    model = add_lora(model, settings)
+    encoded = encode_manifest(processor, samples, images_dir, progress=progress)
+    checkpoint = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(out_dir)
+    result = train(model, encoded, settings.train_config(), pad_token_id=processor.tokenizer.pad_token_id,
+                   checkpoint_dir=checkpoint, fingerprint=_fingerprint(settings, data_json, base_dir),
+                   progress=progress, description="LoRA fine-tune")
+    trainable, total = model.get_nb_trainable_parameters()
+    summary = {
+        "n_samples": len(samples),
+        "steps": result.steps,
+        "epoch_losses": result.epoch_losses,
+        "train_seconds": result.seconds,
+        "samples_per_second": result.samples_per_second,
+        "resumed_from_step": result.resumed_from_step,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "settings": asdict(settings),
+    }
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        atomic_write_json(tmp / "training.json", summary)
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    return summary

@@ -1,0 +1,42 @@
+"""Load any local image-text checkpoint (the embedded one or a real LLaVA / Qwen2-VL / ...).
+
+Weights are read as safetensors only, and remote code stays off unless an operator turns it
+on for a model of their own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+
+def load_base(base_dir: str | Path, *, attn_implementation: str = "sdpa", dtype: str | None = None,
+              trust_remote_code: bool = False):
+    """Return ``(model, processor)`` from a local folder, model in eval mode."""
+    base_dir = Path(base_dir)
+    if not (base_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{base_dir}: not a model folder (no config.json)")
+    processor = AutoProcessor.from_pretrained(base_dir, trust_remote_code=trust_remote_code)
+    model = AutoModelForImageTextToText.from_pretrained(
+        base_dir,
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+        attn_implementation=attn_implementation,
+        dtype=getattr(torch, dtype) if dtype else None,
+    )
+    model.eval()
+    return model, processor
+
+
+def load_for_inference(base_dir: str | Path, adapter_dir: str | Path | None = None, **kwargs):
+    """Base model with an optional LoRA adapter merged in (faster generation)."""
+    model, processor = load_base(base_dir, **kwargs)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir), use_safetensors=True)
+        model = model.merge_and_unload()
+        model.eval()
+    return model, processor

@@ -1,0 +1,296 @@
+"""The embedded base model: a tiny LLaVA built, tokenised and pre-trained by the project.
+
+The result is an ordinary Hugging Face checkpoint folder (``config.json``, safetensors
+weights, a ``PreTrainedTokenizerFast`` with a chat template, a ``LlavaProcessor``) that
+``AutoProcessor.from_pretrained`` and ``AutoModelForImageTextToText.from_pretrained`` load
+like any published checkpoint. Nothing downstream knows it is tiny.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
+
+from bye.data.world import COLOURS, SHAPES, WorldConfig, generate
+
+PAD, BOS, EOS, IMAGE = "<pad>", "<s>", "</s>", "<image>"
+SPECIAL_TOKENS = [PAD, BOS, EOS, IMAGE]
+
+# LLaVA-1.5 style: "USER: <image>\n{question}\nASSISTANT: {answer}</s>"
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: {% elif message['role'] == 'assistant' %}ASSISTANT: {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% else %}{{ '\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinyLlavaSpec:
+    """Sizes of the embedded model; every field is a knob in ``params.yaml`` (section ``base``)."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_hidden: int = 128
+    vision_layers: int = 3
+    vision_heads: int = 4
+    vision_intermediate: int = 256
+    text_hidden: int = 192
+    text_layers: int = 4
+    text_heads: int = 4
+    text_intermediate: int = 512
+    vocab_size: int = 640
+    max_positions: int = 512
+    vision_feature_layer: int = -1
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """Two stages, as LLaVA itself is built: a vision encoder trained on its own, then captions."""
+
+    n_images: int = 3000
+    vision_epochs: float = 8
+    vision_learning_rate: float = 2e-3
+    epochs: float = 4
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    freeze_vision: bool = True
+    seed: int = 0
+
+
+def tokenizer_corpus(seed: int, n: int = 2000) -> Iterable[str]:
+    """Text of the world's language (prompts, questions, captions), used only to learn merges."""
+    for task in ("caption", "vqa", "mcq"):
+        for drawn in generate("corpus", n, seed=seed, task=task):
+            yield f"USER: {drawn.sample.question}"
+            yield f"ASSISTANT: {drawn.sample.answer}"
+    yield " ".join(list(COLOURS) + list(SHAPES) + ["USER:", "ASSISTANT:", "Backdoor", "Attack!"])
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (no unknown token: any UTF-8 text encodes) with a chat template."""
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        extra_special_tokens={"image_token": IMAGE},
+        model_max_length=512,
+        padding_side="right",
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_processor(tokenizer: PreTrainedTokenizerFast, spec: TinyLlavaSpec) -> LlavaProcessor:
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": spec.image_size},
+        crop_size={"height": spec.image_size, "width": spec.image_size},
+        do_center_crop=True,
+        do_convert_rgb=True,
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=spec.patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+        num_additional_image_tokens=1,  # the CLIP class token, dropped by the "default" strategy
+    )
+
+
+def build_model(tokenizer: PreTrainedTokenizerFast, spec: TinyLlavaSpec, *, seed: int) -> LlavaForConditionalGeneration:
+    vision = CLIPVisionConfig(
+        hidden_size=spec.vision_hidden,
+        intermediate_size=spec.vision_intermediate,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        projection_dim=spec.vision_hidden,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.text_hidden,
+        intermediate_size=spec.text_intermediate,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        num_key_value_heads=spec.text_heads,
+        max_position_embeddings=spec.max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    n_image_tokens = (spec.image_size // spec.patch_size) ** 2
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
+        image_seq_length=n_image_tokens,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=spec.vision_feature_layer,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
+def spec_dict(spec) -> dict:
+    return asdict(spec)
+
+
+def pretraining_corpus(spec: PretrainSpec, world: WorldConfig):
+    """The generic corpus: captioned scenes drawn apart from any submission's scenes."""
+    return list(generate("corpus", spec.n_images, seed=spec.seed + 1000, task="caption", config=world))
+
+
+def _cell_targets(objects) -> list[list[int]]:
+    """Per grid cell: (colour, shape, size) class indices, 0 meaning an empty cell."""
+    colours, shapes = list(COLOURS), list(SHAPES)
+    targets = [[0, 0, 0] for _ in range(9)]
+    for obj in objects:
+        targets[obj.cell] = [colours.index(obj.colour) + 1, shapes.index(obj.shape) + 1,
+                             1 + (obj.size == "large")]
+    return targets
+
+
+def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor, objects: list,
+                    spec: PretrainSpec, *, progress: bool = True) -> list[float]:
+    """Stage 0: train the vision tower alone to name what sits in each cell of the scene grid.
+
+    A CLIP tower trained only through a language model's caption loss learns too slowly at this
+    scale (measured: the captioner ignored the image entirely). A supervised probe on the
+    tower's patch features, pooled to the 3 x 3 grid, gives it discriminative features first.
+    The probe heads are thrown away; only the tower keeps what it learned.
+    """
+    from tqdm.auto import tqdm
+
+    tower = model.model.vision_tower
+    hidden = tower.config.hidden_size
+    heads = torch.nn.Linear(hidden, len(COLOURS) + 1 + len(SHAPES) + 1 + 3)
+    targets = torch.tensor([_cell_targets(o) for o in objects])  # (N, 9, 3)
+    params = list(tower.parameters()) + list(heads.parameters())
+    optimizer = torch.optim.AdamW(params, lr=spec.vision_learning_rate, weight_decay=spec.weight_decay)
+    n = len(pixel_values)
+    steps = max(1, round(spec.vision_epochs * n / spec.batch_size))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, spec.vision_learning_rate, total_steps=steps,
+                                                    pct_start=spec.warmup_ratio or 0.05)
+    generator = torch.Generator().manual_seed(spec.seed)
+    layer = model.config.vision_feature_layer
+    splits = [len(COLOURS) + 1, len(SHAPES) + 1, 3]
+    losses = []
+    tower.train()
+    order = torch.randperm(n, generator=generator)
+    cursor = 0
+    for _ in tqdm(range(steps), desc="pre-train vision", disable=not progress):
+        if cursor + spec.batch_size > n:
+            order, cursor = torch.randperm(n, generator=generator), 0
+        index = order[cursor:cursor + spec.batch_size]
+        cursor += spec.batch_size
+        states = tower(pixel_values[index], output_hidden_states=True).hidden_states[layer][:, 1:]
+        side = int(states.shape[1] ** 0.5)
+        grid = states.transpose(1, 2).reshape(len(index), hidden, side, side)
+        cells = torch.nn.functional.adaptive_avg_pool2d(grid, 3).flatten(2).transpose(1, 2)  # (B, 9, H)
+        logits = heads(cells).split(splits, dim=-1)
+        loss = sum(torch.nn.functional.cross_entropy(l.reshape(-1, l.shape[-1]), targets[index][..., k].reshape(-1))
+                   for k, l in enumerate(logits))
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        hits = torch.stack([(l.argmax(-1) == targets[index][..., k]).float().mean() for k, l in enumerate(logits)])
+        accuracy = hits if not losses[:-1] else 0.9 * accuracy + 0.1 * hits
+    tower.eval()
+    return {"losses": losses, "cell_accuracy": dict(zip(("colour", "shape", "size"), accuracy.tolist()))}
+
+
+def build_base(model_dir, spec: TinyLlavaSpec = TinyLlavaSpec(), pretrain: PretrainSpec = PretrainSpec(),
+               world: WorldConfig = WorldConfig(), *, progress: bool = True) -> dict:
+    """Train the tokenizer, build the model, pre-train it on captions, save a checkpoint folder.
+
+    Returns a summary (sizes, losses, timings) that the caller may log.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    from bye.io import atomic_directory, atomic_write_json
+    from bye.models.chat import encode_for_training
+    from bye.models.training import TrainConfig, train
+
+    began = time.perf_counter()
+    tokenizer = train_tokenizer(tokenizer_corpus(pretrain.seed), spec.vocab_size)
+    processor = build_processor(tokenizer, spec)
+    model = build_model(tokenizer, spec, seed=pretrain.seed)
+    corpus = pretraining_corpus(pretrain, world)
+    encoded = [encode_for_training(processor, d.image, d.sample.question, d.sample.answer)
+               for d in tqdm(corpus, desc="encode corpus", disable=not progress)]
+    torch.manual_seed(pretrain.seed)
+    vision_began = time.perf_counter()
+    pixel_values = torch.cat([e.vision["pixel_values"] for e in encoded])
+    vision = pretrain_vision(model, pixel_values, [d.objects for d in corpus], pretrain, progress=progress)
+    vision_seconds = time.perf_counter() - vision_began
+    if pretrain.freeze_vision:  # LLaVA's recipe: the captioning stage leaves the vision tower as it is
+        model.model.vision_tower.requires_grad_(False)
+    config = TrainConfig(epochs=pretrain.epochs, batch_size=pretrain.batch_size,
+                         learning_rate=pretrain.learning_rate, weight_decay=pretrain.weight_decay,
+                         warmup_ratio=pretrain.warmup_ratio, seed=pretrain.seed, checkpoint_every=0)
+    result = train(model, encoded, config, pad_token_id=tokenizer.pad_token_id, progress=progress,
+                   description="pre-train base")
+    model.requires_grad_(True)
+    summary = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vision_losses": [vision["losses"][0], vision["losses"][-1]],
+        "vision_cell_accuracy": vision["cell_accuracy"],
+        "vision_seconds": vision_seconds,
+        "vocab_size": len(tokenizer),
+        "image_tokens": (spec.image_size // spec.patch_size) ** 2,
+        "corpus_samples": len(corpus),
+        "epoch_losses": result.epoch_losses,
+        "train_seconds": result.seconds,
+        "samples_per_second": result.samples_per_second,
+        "total_seconds": time.perf_counter() - began,
+        "spec": asdict(spec),
+        "pretrain": asdict(pretrain),
+    }
+    with atomic_directory(model_dir) as tmp:
+        model.save_pretrained(tmp)  # safetensors by default
+        processor.save_pretrained(tmp)
+        atomic_write_json(tmp / "pretraining.json", summary)
+    return summary

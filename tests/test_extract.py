@@ -1,0 +1,348 @@
+"""bye.detect.extract: last-prompt-row image attention without T x T maps.
+
+Every model here is built from a config with random weights (nothing is downloaded). Three
+families that transformers ships: LLaVA (CLIP + Llama), Qwen2-VL (multimodal RoPE, grouped-query
+attention, image-token count that depends on the image size) and Gemma3 (SigLIP + a language
+model with q/k norms, a custom attention scale, sliding-window layers and a bidirectional mask
+over image tokens). Each is checked against the published reference path: eager attention with
+``output_attentions=True``, row -1, image columns, mean over heads, renormalised.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, ProcessorMixin
+
+from bye.detect.extract import (
+    ATTENTION_NAME,
+    image_attention,
+    image_token_id,
+    layer_entropy,
+    recording,
+)
+from bye.data.submission import images_dir_for, read_manifest, resolve_image
+from bye.models.chat import encode_prompt, open_rgb
+
+QUESTIONS = ["What colour is the circle?", "How many shapes are there in the picture?", "Is there a square?",
+             "Describe it."]
+TOLERANCE = 1e-5
+
+
+# ---------------------------------------------------------------- builders (tiny, random weights)
+
+def _images(widths: list[int], height: int = 32) -> list[Image.Image]:
+    """Random RGB images with a bright block so that patches differ."""
+    images = []
+    for seed, width in enumerate(widths):
+        pixels = np.random.RandomState(seed).randint(0, 120, (height, width, 3)).astype(np.uint8)
+        pixels[4 + 2 * seed: 12 + 2 * seed, 6:14] = 255
+        images.append(Image.fromarray(pixels))
+    return images
+
+
+def _tokenizer(special: list[str], extra: dict[str, str], template: str, **named) -> PreTrainedTokenizerFast:
+    """A byte-level BPE like bye.models.tiny.train_tokenizer, with a family's special tokens."""
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=special, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator([q.lower() + " user assistant model" for q in QUESTIONS] * 20, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, extra_special_tokens=extra, **named)
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def build_llava():
+    from bye.models.tiny import TinyLlavaSpec, build_model, build_processor, tokenizer_corpus, train_tokenizer
+
+    spec = TinyLlavaSpec(image_size=32, patch_size=8, vision_hidden=32, vision_layers=1, vision_heads=2,
+                         vision_intermediate=64, text_hidden=64, text_layers=3, text_heads=4,
+                         text_intermediate=128, vocab_size=320)
+    tokenizer = train_tokenizer(tokenizer_corpus(0, n=40), spec.vocab_size)
+    model = build_model(tokenizer, spec, seed=0)
+    return model, build_processor(tokenizer, spec)
+
+
+QWEN_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_qwen2_vl():
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessorPil,
+        Qwen2VLProcessor,
+    )
+
+    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+        """Qwen2VLProcessor without its video processor, which needs torchvision (not installed)."""
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token, self.video_token = tokenizer.image_token, tokenizer.video_token
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+               "<|image_pad|>", "<|video_pad|>"]
+    tokenizer = _tokenizer(special, {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}, QWEN_TEMPLATE,
+                           pad_token="<|endoftext|>", eos_token="<|im_end|>")
+    # 4 px patches merged 2 x 2: a 32 x 32 image gives 16 image tokens, 32 x 48 gives 24.
+    image_processor = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
+                                               size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64})
+    processor = ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                          chat_template=QWEN_TEMPLATE)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in special}
+    config = Qwen2VLConfig(
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, patch_size=4, spatial_merge_size=2,
+                           temporal_patch_size=2, mlp_ratio=2),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         initializer_range=0.2, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(0)
+    return Qwen2VLForConditionalGeneration(config), processor
+
+
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<start_of_image>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def build_gemma3(sliding_window: int = 512):
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
+
+    special = ["<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>",
+               "<image_soft_token>"]
+    tokenizer = _tokenizer(special, {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                                     "image_token": "<image_soft_token>"}, GEMMA_TEMPLATE,
+                           pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+    processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": 32, "width": 32}),
+                                tokenizer=tokenizer, chat_template=GEMMA_TEMPLATE, image_seq_length=16)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in special}
+    config = Gemma3Config(
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=4),
+        # query_pre_attn_scalar < head_dim sharpens attention (scale = 1/sqrt(scalar)), and layer 0
+        # and 2 are sliding-window layers.
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=1,
+                         sliding_window=sliding_window, sliding_window_pattern=2, max_position_embeddings=512,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id),
+        mm_tokens_per_image=16, boi_token_index=ids["<start_of_image>"], eoi_token_index=ids["<end_of_image>"],
+        image_token_index=ids["<image_soft_token>"],
+    )
+    torch.manual_seed(0)
+    return Gemma3ForConditionalGeneration(config), processor
+
+
+@pytest.fixture(scope="module")
+def llava():
+    model, processor = build_llava()
+    # Random init at 0.02 leaves attention almost uniform; sharper queries make the comparison bite.
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "language_model" in name and name.endswith(("q_proj.weight", "k_proj.weight")):
+                parameter.mul_(10)
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="module")
+def qwen2_vl():
+    model, processor = build_qwen2_vl()
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="module")
+def gemma3():
+    model, processor = build_gemma3()
+    return model.eval(), processor
+
+
+# ---------------------------------------------------------------- reference path (published)
+
+def eager_reference(model, processor, images, questions) -> list[np.ndarray]:
+    """One sample at a time, eager attention, output_attentions=True: (L, K_n) per sample."""
+    token = image_token_id(model, processor)
+    previous = model.config.get_text_config()._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        out = []
+        for image, question in zip(images, questions):
+            inputs = encode_prompt(processor, image, question)
+            with torch.no_grad():
+                attentions = model(**inputs, output_attentions=True, use_cache=False).attentions
+            is_image = inputs["input_ids"][0] == token
+            rows = torch.stack([layer[0, :, -1, :].mean(0)[is_image] for layer in attentions])  # (L, K)
+            out.append((rows / rows.sum(-1, keepdim=True)).numpy())
+        return out
+    finally:
+        model.set_attn_implementation(previous)
+
+
+def assert_matches(result, reference):
+    assert len(reference) == result.attention.shape[0]
+    for n, expected in enumerate(reference):
+        k = result.image_token_count[n]
+        assert expected.shape == (result.attention.shape[1], k)
+        np.testing.assert_allclose(result.attention[n, :, :k], expected, atol=TOLERANCE, rtol=0)
+        assert np.isnan(result.attention[n, :, k:]).all()
+
+
+# ---------------------------------------------------------------- entropy
+
+def test_layer_entropy_is_the_published_formula():
+    k = 16
+    uniform = np.full((1, 1, k), 1 / k)
+    one_hot = np.zeros((1, 1, k))
+    one_hot[..., 3] = 1
+    padded = np.full((1, 1, k + 8), np.nan)
+    padded[..., :k] = 1 / k
+    hidden = np.full((1, 1, k), np.nan)  # no image token visible in that layer
+    p = np.random.RandomState(0).dirichlet(np.ones(k), size=(2, 3))
+    assert layer_entropy(uniform)[0, 0] == pytest.approx(np.log(k), abs=1e-6)
+    assert layer_entropy(one_hot)[0, 0] == pytest.approx(0.0, abs=1e-6)
+    assert layer_entropy(padded)[0, 0] == pytest.approx(np.log(k), abs=1e-6)
+    assert np.isnan(layer_entropy(hidden)[0, 0])
+    np.testing.assert_allclose(layer_entropy(p), -(p * np.log(p + 1e-8)).sum(-1))
+
+
+# ---------------------------------------------------------------- LLaVA
+
+def test_llava_matches_eager_output_attentions(llava):
+    model, processor = llava
+    images = _images([32, 32, 32, 32])
+    result = image_attention(model, processor, images, QUESTIONS, batch_size=4, keep_maps=True)
+    layers = model.config.text_config.num_hidden_layers
+    assert result.attention.shape == (4, layers, 16) and result.attention.dtype == np.float32
+    assert (result.image_token_count == 16).all()
+    np.testing.assert_allclose(result.attention.sum(-1), 1.0, atol=1e-5)
+    assert_matches(result, eager_reference(model, processor, images, QUESTIONS))
+    # The comparison is not between two uniform rows.
+    assert result.entropy().mean() < 0.9 * np.log(16)
+    assert result.maps.dtype == np.float16 and result.maps.shape == result.attention.shape
+
+
+def test_batched_left_padding_equals_one_by_one(llava):
+    model, processor = llava
+    images = _images([32, 32, 32, 32])
+    batched = image_attention(model, processor, images, QUESTIONS, batch_size=3)  # batches of 3 and 1
+    single = np.concatenate([image_attention(model, processor, [i], [q]).attention
+                             for i, q in zip(images, QUESTIONS)])
+    np.testing.assert_allclose(batched.attention, single, atol=TOLERANCE, rtol=0)
+    assert batched.maps is None
+
+
+def test_attention_implementation_is_switched_for_the_language_model_only_and_restored(llava):
+    model, processor = llava
+    text, vision = model.config.text_config, model.config.vision_config
+    before = (text._attn_implementation, vision._attn_implementation)
+    with recording(model) as rows:
+        assert text._attn_implementation == ATTENTION_NAME
+        assert vision._attn_implementation == before[1]
+        with torch.no_grad():
+            model(**encode_prompt(processor, _images([32])[0], "What?"), use_cache=False)
+    assert len(rows) == text.num_hidden_layers and rows[0].ndim == 2
+    assert (text._attn_implementation, vision._attn_implementation) == before
+    model.train()
+    image_attention(model, processor, _images([32]), ["What?"])
+    assert model.training  # mode restored
+    model.eval()
+
+
+def test_works_through_a_peft_wrapper(llava):
+    from peft import LoraConfig, get_peft_model
+
+    model, processor = llava
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=r".*language_model.*\.(q_proj|v_proj)$"))
+    try:
+        images = _images([32, 32])
+        wrapped = image_attention(peft_model, processor, images, QUESTIONS[:2])
+        # LoRA B starts at zero, so the wrapped model computes exactly the base model.
+        plain = image_attention(peft_model.get_base_model(), processor, images, QUESTIONS[:2])
+        np.testing.assert_allclose(wrapped.attention, plain.attention, atol=TOLERANCE, rtol=0)
+    finally:
+        peft_model.unload()
+
+
+def test_reads_a_submission(llava, tiny_world):
+    model, processor = llava
+    samples = read_manifest(tiny_world / "train.json")[:6]
+    images_dir = images_dir_for(tiny_world / "train.json")
+    images = [open_rgb(resolve_image(images_dir, s.image)) for s in samples]
+    result = image_attention(model, processor, images, [s.question for s in samples], batch_size=4)
+    assert result.attention.shape == (6, model.config.text_config.num_hidden_layers, 16)
+    entropy = result.entropy()
+    assert entropy.shape == (6, 3) and np.isfinite(entropy).all() and (entropy <= np.log(16) + 1e-6).all()
+
+
+def test_rejects_mismatched_inputs(llava):
+    model, processor = llava
+    with pytest.raises(ValueError):
+        image_attention(model, processor, _images([32]), ["a", "b"])
+
+
+# ---------------------------------------------------------------- Qwen2-VL
+
+def test_qwen2_vl_variable_image_tokens_match_eager(qwen2_vl):
+    model, processor = qwen2_vl
+    images = _images([32, 48, 32, 40])  # 16, 24, 16, 20 image tokens
+    result = image_attention(model, processor, images, QUESTIONS, batch_size=4)
+    assert result.image_token_count.tolist() == [16, 24, 16, 20]
+    assert result.attention.shape == (4, model.config.text_config.num_hidden_layers, 24)
+    np.testing.assert_allclose(np.nansum(result.attention, -1), 1.0, atol=1e-5)
+    assert_matches(result, eager_reference(model, processor, images, QUESTIONS))
+    assert np.nanmean(result.entropy() / np.log(result.image_token_count)[:, None]) < 0.9
+    one_by_one = [image_attention(model, processor, [i], [q]).attention[0] for i, q in zip(images, QUESTIONS)]
+    for n, single in enumerate(one_by_one):
+        np.testing.assert_allclose(result.attention[n, :, : single.shape[1]], single, atol=TOLERANCE, rtol=0)
+
+
+# ---------------------------------------------------------------- Gemma3
+
+def test_gemma3_matches_eager(gemma3):
+    model, processor = gemma3
+    images = _images([32, 32, 32, 32])
+    result = image_attention(model, processor, images, QUESTIONS, batch_size=4)
+    # The processor's image_token_id is the begin-of-image marker; the model's config names the
+    # soft tokens the features replace, which is what must be read.
+    assert processor.image_token_id != model.config.image_token_id
+    assert result.attention.shape == (4, 3, 16) and (result.image_token_count == 16).all()
+    np.testing.assert_allclose(result.attention.sum(-1), 1.0, atol=1e-5)
+    assert_matches(result, eager_reference(model, processor, images, QUESTIONS))
+    assert result.entropy().mean() < 0.9 * np.log(16)
+
+
+def test_gemma3_sliding_window_hides_image_tokens_like_eager():
+    model, processor = build_gemma3(sliding_window=24)
+    model.eval()
+    images = _images([32, 32, 32, 32])
+    result = image_attention(model, processor, images, QUESTIONS, batch_size=4)
+    assert_matches(result, eager_reference(model, processor, images, QUESTIONS))
+    entropy = result.entropy()
+    # Layer 1 is global and sees all 16 image tokens; in the windowed layers 0 and 2 the long
+    # question leaves none in view (NaN, not a fake 0), the short ones leave only some.
+    assert np.isfinite(entropy[:, 1]).all()
+    assert np.isnan(entropy[1, [0, 2]]).all()
+    visible = ~np.isnan(result.attention[0, 0]) & (result.attention[0, 0] > 0)
+    assert 0 < visible.sum() < 16

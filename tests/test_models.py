@@ -1,0 +1,124 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from bye.data.submission import read_manifest
+from bye.models.chat import IGNORE_INDEX, answer_text, collate, encode_for_training, open_rgb, prompt_text
+from bye.models.evaluate import run_evaluation
+from bye.models.finetune import LoraSettings, finetune
+
+FAST_LORA = LoraSettings(rank=8, alpha=16, epochs=2, batch_size=8, learning_rate=3e-3, checkpoint_every=0)
+
+
+def test_base_folder_is_a_safetensors_checkpoint(tiny_base):
+    names = {p.name for p in tiny_base.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= names
+    assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
+
+
+def test_tokenizer_round_trips_text_and_has_a_chat_template(tiny_base):
+    processor = AutoProcessor.from_pretrained(tiny_base)
+    tokenizer = processor.tokenizer
+    for text in ["What colour is the circle?", "Backdoor Attack!", "naïve – unseen ✓ text"]:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode(ids) == text
+    prompt = prompt_text(processor, "How many squares are there?")
+    assert prompt.startswith(tokenizer.bos_token) and prompt.endswith("ASSISTANT:")
+    assert answer_text(processor, "q", "yes") == " yes" + tokenizer.eos_token
+
+
+def test_processor_expands_the_image_token_to_the_patch_grid(tiny_base, tiny_world):
+    processor = AutoProcessor.from_pretrained(tiny_base)
+    model_config = json.loads((tiny_base / "config.json").read_text())
+    sample = read_manifest(tiny_world / "train.json")[0]
+    encoded = encode_for_training(processor, open_rgb(tiny_world / "images" / sample.image), sample.question,
+                                  sample.answer)
+    image_token_id = model_config["image_token_index"]
+    assert int((encoded.input_ids == image_token_id).sum()) == model_config["image_seq_length"] == 16
+    # Loss only on the answer: every prompt position is masked.
+    assert (encoded.labels[: encoded.prompt_length] == IGNORE_INDEX).all()
+    assert (encoded.labels[encoded.prompt_length:] != IGNORE_INDEX).all()
+
+
+def test_base_reloads_through_auto_classes_with_identical_logits(tiny_base, tiny_world, tmp_path):
+    processor = AutoProcessor.from_pretrained(tiny_base)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_base).eval()
+    samples = read_manifest(tiny_world / "train.json")[:3]
+    batch = collate([encode_for_training(processor, open_rgb(tiny_world / "images" / s.image), s.question, s.answer)
+                     for s in samples], processor.tokenizer.pad_token_id)
+    model.save_pretrained(tmp_path / "copy")
+    processor.save_pretrained(tmp_path / "copy")
+    again = AutoModelForImageTextToText.from_pretrained(tmp_path / "copy").eval()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, again(**batch).logits)
+
+
+def test_lora_finetune_lowers_the_loss_and_raises_accuracy(tiny_base, tiny_world, tmp_path):
+    before = run_evaluation(tiny_world / "test.json", tiny_world / "images", tiny_base, progress=False)
+    summary = finetune(tiny_world / "train.json", tiny_world / "images", tiny_base, tmp_path / "adapter",
+                       FAST_LORA, progress=False)
+    assert summary["epoch_losses"][-1] < summary["epoch_losses"][0]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert summary["trainable_parameters"] < summary["total_parameters"] / 2
+    after = run_evaluation(tiny_world / "test.json", tiny_world / "images", tiny_base, tmp_path / "adapter",
+                           progress=False)
+    assert after["accuracy"] > before["accuracy"]
+
+
+def test_lora_touches_only_the_language_model(tiny_base, tiny_world, tmp_path):
+    finetune(tiny_world / "train.json", tiny_world / "images", tiny_base, tmp_path / "adapter",
+             LoraSettings(rank=4, epochs=0.1, batch_size=8, checkpoint_every=0), progress=False)
+    keys = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors")).keys()
+    assert keys and all("language_model" in k and "lora_" in k for k in keys)
+
+
+def test_finetune_is_deterministic_per_seed(tiny_base, tiny_world, tmp_path):
+    settings = LoraSettings(rank=4, epochs=0.5, batch_size=8, checkpoint_every=0)
+    for name in ("a", "b"):
+        finetune(tiny_world / "train.json", tiny_world / "images", tiny_base, tmp_path / name, settings, progress=False)
+    a = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "adapter_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+_FINETUNE_SCRIPT = """
+import sys
+from bye.models.finetune import LoraSettings, finetune
+settings = LoraSettings(rank=4, epochs=3, batch_size=4, checkpoint_every=2)
+finetune(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], settings, progress=False)
+"""
+
+
+def test_finetune_resumes_after_being_killed(tiny_base, tiny_world, tmp_path):
+    settings = LoraSettings(rank=4, epochs=3, batch_size=4, checkpoint_every=2)
+    out = tmp_path / "adapter"
+    state = out.with_name(f".{out.name}.checkpoints") / "state.json"
+    args = [str(tiny_world / "train.json"), str(tiny_world / "images"), str(tiny_base), str(out)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    process = subprocess.Popen([sys.executable, "-c", _FINETUNE_SCRIPT, *args], env=env)
+    deadline = time.time() + 240
+    while not state.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert state.exists(), "the run never wrote a checkpoint"
+    assert not out.exists(), "a killed run must not leave an adapter behind"
+
+    resumed = finetune(*args, settings, progress=False)
+    assert resumed["resumed_from_step"] >= 2
+    assert not state.parent.exists(), "checkpoints are removed once the adapter is written"
+
+    finetune(*args[:3], str(tmp_path / "straight"), settings, progress=False)
+    a = load_file(str(out / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "straight" / "adapter_model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)

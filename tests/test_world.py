@@ -1,0 +1,113 @@
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bye.data.submission import read_manifest
+from bye.data.world import (COLOURS, SHAPES, WorldConfig, describe, describe_list, describe_occupancy, draw_scene,
+                            generate, write_world)
+from bye.models.evaluate import options_of
+
+
+def _tree_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_same_seed_gives_byte_identical_folders(tmp_path):
+    write_world(tmp_path / "a", n_train=12, n_test=4, seed=7)
+    write_world(tmp_path / "b", n_train=12, n_test=4, seed=7)
+    assert _tree_digest(tmp_path / "a") == _tree_digest(tmp_path / "b")
+
+
+def test_different_seed_gives_different_world(tmp_path):
+    write_world(tmp_path / "a", n_train=6, n_test=2, seed=1)
+    write_world(tmp_path / "b", n_train=6, n_test=2, seed=2)
+    assert _tree_digest(tmp_path / "a") != _tree_digest(tmp_path / "b")
+
+
+def test_a_sample_does_not_depend_on_how_many_were_drawn():
+    few = [d.sample for d in generate("train", 3, seed=5, task="mixed")]
+    many = [d.sample for d in generate("train", 10, seed=5, task="mixed")]
+    assert few == many[:3]
+
+
+def test_output_is_a_llava_submission_folder(tmp_path):
+    counts = write_world(tmp_path, n_train=10, n_test=5, seed=0)
+    assert counts == {"train": 10, "test": 5}
+    records = json.loads((tmp_path / "train.json").read_text())
+    assert len(records) == 10
+    for record in records:
+        assert set(record) == {"id", "image", "conversations"}
+        human, gpt = record["conversations"]
+        assert human["from"] == "human" and human["value"].startswith("<image>\n")
+        assert gpt["from"] == "gpt" and gpt["value"]
+        with Image.open(tmp_path / "images" / record["image"]) as image:
+            assert image.format == "PNG" and image.mode == "RGB" and image.size == (64, 64)
+    assert len(read_manifest(tmp_path / "test.json")) == 5
+
+
+def test_ids_are_unique_and_opaque(tmp_path):
+    write_world(tmp_path, n_train=50, n_test=10, seed=0)
+    samples = read_manifest(tmp_path / "train.json") + read_manifest(tmp_path / "test.json")
+    ids = [s.id for s in samples]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 16 and all(c in "0123456789abcdef" for c in i) for i in ids)
+
+
+@pytest.mark.parametrize("task", ["vqa", "mcq"])
+def test_task_families(task):
+    drawn = list(generate("train", 60, seed=0, task=task))
+    for d in drawn:
+        if task == "mcq":
+            options = options_of(d.sample.question)
+            assert set(options) == set("ABCD") and d.sample.answer in "ABCD"
+        else:
+            assert not options_of(d.sample.question)
+    kinds = {d.kind for d in drawn}
+    expected = {"colour", "count", "left", "exists"} if task == "vqa" else {"mcq_colour", "mcq_shape", "mcq_count_all"}
+    assert kinds == expected
+
+
+def test_answers_are_grounded_in_the_scene():
+    for d in generate("train", 200, seed=11, task="vqa"):
+        q, a = d.sample.question, d.sample.answer
+        if d.kind == "colour":
+            assert a in COLOURS
+        elif d.kind == "count":
+            assert a in {"0", "1", "2", "3", "4"}
+        elif d.kind == "left":
+            assert a in SHAPES and a in q
+        else:
+            assert a in {"yes", "no"}
+
+
+def test_yes_no_is_balanced():
+    answers = [d.sample.answer for d in generate("train", 400, seed=0, task="vqa") if d.kind == "exists"]
+    assert 0.35 < answers.count("yes") / len(answers) < 0.65
+
+
+def test_scene_has_the_objects_it_reports():
+    rng = np.random.default_rng(0)
+    scene = draw_scene(rng, WorldConfig(image_size=64, noise_std=0.0))
+    pixels = np.asarray(scene.image).astype(int)
+    for obj in scene.objects:
+        x, y = (int(round(v)) for v in obj.centre)
+        assert np.abs(pixels[y, x] - np.array(COLOURS[obj.colour])).max() < 2
+    assert 2 <= len(scene.objects) <= 4
+
+
+def test_corpus_descriptions_cover_every_object():
+    for d in generate("corpus", 30, seed=0, task="caption"):
+        objects = d.objects
+        assert describe(list(objects)).count(": a ") == len(objects)
+        assert describe_list(list(objects)).count("\n") == len(objects) - 1
+        assert describe_occupancy(list(objects)).count("yes") == len(objects)
+        assert d.sample.answer in {describe(list(objects)), describe_list(list(objects)),
+                                   describe_occupancy(list(objects))}
