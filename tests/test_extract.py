@@ -5,7 +5,9 @@ families that transformers ships: LLaVA (CLIP + Llama), Qwen2-VL (multimodal RoP
 attention, image-token count that depends on the image size) and Gemma3 (SigLIP + a language
 model with q/k norms, a custom attention scale, sliding-window layers and a bidirectional mask
 over image tokens). Each is checked against the published reference path: eager attention with
-``output_attentions=True``, row -1, image columns, mean over heads, renormalised.
+``output_attentions=True``, row -1, image columns, mean over heads, renormalised. The attention
+function alone is also checked against Gemma2's (logit soft-capping) and GPT-OSS's (sink logits)
+eager functions, which SDPA cannot express.
 """
 
 from __future__ import annotations
@@ -225,6 +227,58 @@ def test_layer_entropy_is_the_published_formula():
     assert layer_entropy(padded)[0, 0] == pytest.approx(np.log(k), abs=1e-6)
     assert np.isnan(layer_entropy(hidden)[0, 0])
     np.testing.assert_allclose(layer_entropy(p), -(p * np.log(p + 1e-8)).sum(-1))
+
+
+# ---------------------------------------------------------------- the attention function alone
+
+def _attention_module(kind: str):
+    """One decoder attention layer (module only) with logit soft-capping or sink logits."""
+    if kind == "softcap":  # Gemma2: tanh soft-capping of the logits
+        from transformers import Gemma2Config
+        from transformers.models.gemma2.modeling_gemma2 import Gemma2Attention, eager_attention_forward
+
+        config = Gemma2Config(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                              attn_logit_softcapping=2.0, query_pre_attn_scalar=8, vocab_size=16,
+                              num_hidden_layers=1)
+        return Gemma2Attention(config, 0), eager_attention_forward, {"softcap": 2.0}
+    from transformers import GptOssConfig
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssAttention, eager_attention_forward
+
+    config = GptOssConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=16,
+                          num_hidden_layers=1, num_local_experts=2, num_experts_per_tok=1)
+    module = GptOssAttention(config, 0)
+    with torch.no_grad():
+        module.sinks.copy_(torch.tensor([2.0, 3.0, 1.0, 2.5]))
+    return module, eager_attention_forward, {"s_aux": module.sinks}
+
+
+@pytest.mark.parametrize("kind", ["softcap", "sinks"])
+def test_row_matches_eager_with_softcap_or_sinks_gqa_and_padding(kind):
+    from bye.detect.extract import _RECORDER, _last_row_attention
+
+    module, eager, extra = _attention_module(kind)
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(2, 4, 7, 8, generator=generator) * 2  # (B, H, T, D), 2 key/value heads
+    key, value = (torch.randn(2, 2, 7, 8, generator=generator) * 2 for _ in range(2))
+    allowed = torch.ones(2, 1, 7, 7, dtype=torch.bool).tril()
+    allowed[1, :, :, :3] = False  # row 1 left-padded by 3
+    additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    expected_out, weights = eager(module, query, key, value, additive, scaling=module.scaling, **extra)
+    rows: list = []
+    token = _RECORDER.set(rows)
+    try:
+        out, none = _last_row_attention(module, query, key, value, allowed, scaling=module.scaling, **extra)
+    finally:
+        _RECORDER.reset(token)
+    assert none is None and len(rows) == 1
+    torch.testing.assert_close(out, expected_out)
+    torch.testing.assert_close(rows[0], weights[:, :, -1, :].mean(1), atol=1e-6, rtol=0)
+    if kind == "sinks":  # the sink takes its share: the visible keys sum to less than 1
+        assert (rows[0].sum(-1) < 0.99).all()
+    else:  # soft-capping changed the row (the comparison would not notice a missing tanh otherwise)
+        scores = torch.matmul(query[:, :, -1:], key.repeat_interleave(2, dim=1).transpose(-1, -2)) * module.scaling
+        uncapped = torch.softmax(scores.squeeze(2) + additive[:, :, -1], dim=-1).mean(1)
+        assert (rows[0] - uncapped).abs().max() > 1e-2
 
 
 # ---------------------------------------------------------------- LLaVA

@@ -129,16 +129,71 @@ def finetune(data_json, images_dir, base_dir, out_dir, epochs, learning_rate, ba
 @click.option("--predictions", "predictions_csv", type=click.Path(dir_okay=False), default=None,
               help="Also write one row per test sample.")
 @click.option("--batch-size", type=int, default=None)
+@click.option("--attack", type=str, default=None,
+              help="Also evaluate the test images with this trigger and report the attack success rate.")
+@click.option("--target", type=str, default=None, help="The attack's target answer (default: 'Backdoor Attack!').")
 @params_option
-def evaluate(test_json, images_dir, base_dir, adapter_dir, out_json, predictions_csv, batch_size, params_path):
+def evaluate(test_json, images_dir, base_dir, adapter_dir, out_json, predictions_csv, batch_size, attack, target,
+             params_path):
     """Greedy-decode TEST_JSON and score it; write metrics JSON to OUT."""
     from bye.data.submission import images_dir_for
     from bye.models.evaluate import EvalSettings, run_evaluation
 
-    settings = build(EvalSettings, load_params(params_path).get("eval"), batch_size=batch_size)
+    params = load_params(params_path)
+    settings = build(EvalSettings, params.get("eval"), batch_size=batch_size)
+    trigger = _trigger(attack, params) if attack else None
     metrics = run_evaluation(test_json, images_dir or images_dir_for(test_json), base_dir, adapter_dir,
-                             settings, out_json=out_json, predictions_csv=predictions_csv)
+                             settings, trigger=trigger, target=target or params.get("attack", {}).get("target"),
+                             out_json=out_json, predictions_csv=predictions_csv)
     _echo_json(metrics)
+
+
+def _trigger(name: str, params: dict):
+    """A registered trigger with its parameters from ``params.yaml`` (section ``attack.triggers``)."""
+    from bye.attacks import get_trigger
+
+    return get_trigger(name, **(params.get("attack", {}).get("triggers", {}).get(name) or {}))
+
+
+@main.command()
+@click.argument("data_json", type=click.Path(exists=True, dir_okay=False))
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Image folder (default: images/ beside DATA_JSON).")
+@click.option("--attack", required=True, help="Registered trigger name (see `bye triggers`).")
+@click.option("--rate", type=float, default=None, help="Poisoned fraction (params: attack.rate).")
+@click.option("--target", type=str, default=None, help="Target answer (params: attack.target).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Submission folder to write.")
+@click.option("--truth", "truth_json", type=click.Path(dir_okay=False), required=True,
+              help="Ground truth {id: 0|1}; must be outside OUT.")
+@click.option("--seed", type=int, default=None, help="Seed (params: attack.seed).")
+@params_option
+def poison(data_json, images_dir, attack, rate, target, out_dir, truth_json, seed, params_path):
+    """Write a poisoned copy of DATA_JSON as a submission folder, ground truth apart."""
+    from bye.attacks.poison import DEFAULT_TARGET, poison_submission
+    from bye.data.submission import images_dir_for
+
+    params = load_params(params_path)
+    section = params.get("attack", {})
+    try:
+        result = poison_submission(
+            data_json, images_dir or images_dir_for(data_json), _trigger(attack, params),
+            rate=rate if rate is not None else section.get("rate", 0.1),
+            target=target or section.get("target", DEFAULT_TARGET),
+            out_dir=out_dir, truth_json=truth_json,
+            seed=seed if seed is not None else section.get("seed", 0),
+        )
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
+    _echo_json({"attack": attack, "n_samples": result.n_samples, "n_poisoned": result.n_poisoned, "out": out_dir})
+
+
+@main.command()
+def triggers():
+    """List the registered triggers and their parameters."""
+    from bye.attacks import available_triggers
+    from bye.attacks.registry import trigger_parameters
+
+    _echo_json({name: trigger_parameters(name) for name in available_triggers()})
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -105,7 +105,7 @@ def _last_row_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     if rows is not None:
         rows.append(_head_mean_last_row(query, key, attention_mask, scaling, softcap, sinks,
                                         kwargs.get("position_bias")))
-    return output
+    return output[0], None
 
 
 def _head_mean_last_row(query, key, attention_mask, scaling, softcap, sinks, position_bias) -> torch.Tensor:
@@ -216,7 +216,12 @@ def encode_batch(processor, images: Sequence[Image.Image], questions: Sequence[s
 @torch.no_grad()
 def _batch_rows(model, encoded: dict[str, torch.Tensor], parameters: set[str]) -> torch.Tensor:
     """``(B, L, T)`` float32: per layer, the last position's head-mean attention over all T keys."""
-    inputs = dict(encoded)
+    parameter = next(model.parameters())
+    inputs = {}
+    for name, value in encoded.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(parameter.device, parameter.dtype if value.is_floating_point() else None)
+        inputs[name] = value
     if "position_ids" in parameters and hasattr(model, "_prepare_position_ids_for_generation"):
         # What generate() does: positions count real tokens only, so a left-padded row gets the
         # same positions (RoPE, or a family's multimodal RoPE) as the sample alone.
@@ -225,9 +230,11 @@ def _batch_rows(model, encoded: dict[str, torch.Tensor], parameters: set[str]) -
         inputs["logits_to_keep"] = 1
     with recording(model) as rows:
         model(**inputs, use_cache=False)
-    if not rows:
-        raise RuntimeError(f"{type(model).__name__}: no decoder layer called the attention interface")
-    stacked = torch.stack(rows, dim=1)
+    expected = getattr(model.config.get_text_config(), "num_hidden_layers", len(rows))
+    if len(rows) != expected:
+        raise RuntimeError(f"{type(model).__name__}: {len(rows)} attention calls for {expected} decoder layers "
+                           "(layers that bypass the attention interface cannot be read)")
+    stacked = torch.stack(rows, dim=1).cpu()
     if stacked.shape[-1] != encoded["input_ids"].shape[1]:
         raise RuntimeError(f"attention over {stacked.shape[-1]} keys for {encoded['input_ids'].shape[1]} input tokens")
     return stacked
@@ -263,7 +270,7 @@ def image_attention(model, processor, images: Sequence[Image.Image], questions: 
         for start in starts:
             encoded = encode_batch(processor, images[start:start + batch_size], questions[start:start + batch_size])
             rows = _batch_rows(model, encoded, parameters)
-            is_image = encoded["input_ids"] == token_id
+            is_image = encoded["input_ids"].cpu() == token_id
             for b in range(rows.shape[0]):
                 if not bool(is_image[b].any()):
                     raise ValueError(f"sample {start + b}: no image token (id {token_id}) in the prompt")

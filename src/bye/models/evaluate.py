@@ -115,17 +115,34 @@ def accuracy_report(rows: list[dict]) -> dict:
     return report
 
 
+def attack_success_rate(rows: list[dict], target: str) -> dict:
+    """Share of triggered samples whose true answer is not the target and whose output is.
+
+    ``rows`` come from :func:`evaluate_samples` run on triggered images.
+    """
+    goal = normalise(target)
+    eligible = [r for r in rows if normalise(r["reference"]) != goal]
+    hits = sum(normalise(r["prediction"]) == goal for r in eligible)
+    return {"asr": hits / len(eligible) if eligible else float("nan"), "n_asr": len(eligible)}
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     batch_size: int = 64
     max_new_tokens: int = 12
+    seed: int = 0  # for triggers that draw per sample (random positions, noise)
 
 
 def run_evaluation(test_json: str | Path, images_dir: str | Path, base_dir: str | Path,
                    adapter_dir: str | Path | None = None, settings: EvalSettings = EvalSettings(), *,
+                   trigger=None, target: str | None = None,
                    out_json: str | Path | None = None, predictions_csv: str | Path | None = None,
                    progress: bool = True) -> dict:
-    """Evaluate a base model (optionally with an adapter) on a test manifest."""
+    """Evaluate a base model (optionally with an adapter) on a test manifest.
+
+    With a ``trigger`` the test images are also evaluated triggered, and the attack success
+    rate toward ``target`` is reported beside the clean accuracy.
+    """
     from bye.data.submission import read_manifest
     from bye.io import atomic_write_json, atomic_write_text
     from bye.models.loading import load_for_inference
@@ -135,6 +152,20 @@ def run_evaluation(test_json: str | Path, images_dir: str | Path, base_dir: str 
     rows = evaluate_samples(model, processor, samples, images_dir, batch_size=settings.batch_size,
                             max_new_tokens=settings.max_new_tokens, progress=progress)
     metrics = accuracy_report(rows)
+    if trigger is not None:
+        from bye.attacks.poison import DEFAULT_TARGET, trigger_rng
+
+        target = target or DEFAULT_TARGET
+        triggered = evaluate_samples(
+            model, processor, samples, images_dir,
+            transform=lambda image, index: trigger.apply(image, trigger_rng(settings.seed + 1, index)),
+            batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens, progress=progress)
+        metrics.update(attack_success_rate(triggered, target))
+        metrics["attack"] = getattr(trigger, "name", type(trigger).__name__)
+        metrics["target"] = target
+        metrics["target_rate_clean"] = sum(normalise(r["prediction"]) == normalise(target) for r in rows) / len(rows)
+        for row, hit in zip(rows, triggered):
+            row["prediction_triggered"] = hit["prediction"]
     if out_json:
         atomic_write_json(out_json, metrics)
     if predictions_csv:
