@@ -16,7 +16,7 @@ from bye.models.chat import IGNORE_INDEX, answer_text, collate, encode_for_train
 from bye.models.evaluate import run_evaluation
 from bye.models.finetune import LoraSettings, finetune
 
-FAST_LORA = LoraSettings(rank=8, alpha=16, epochs=2, batch_size=8, learning_rate=3e-3, checkpoint_every=0)
+FAST_LORA = LoraSettings(rank=8, alpha=16, epochs=6, batch_size=8, learning_rate=1e-2, checkpoint_every=0)
 
 
 def test_base_folder_is_a_safetensors_checkpoint(tiny_base):

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from bye.data.submission import read_manifest
-from bye.data.world import (COLOURS, SHAPES, WorldConfig, describe, describe_list, describe_occupancy, draw_scene,
+from bye.data.world import (COLOURS, SHAPES, WorldConfig, describe, describe_by_shape, describe_list,
+                            describe_occupancy, draw_scene,
                             generate, write_world)
 from bye.models.evaluate import options_of
 
@@ -104,10 +105,22 @@ def test_scene_has_the_objects_it_reports():
 
 
 def test_corpus_descriptions_cover_every_object():
-    for d in generate("corpus", 30, seed=0, task="caption"):
+    drawn = list(generate("corpus", 60, seed=0, task="caption"))
+    assert {d.kind for d in drawn} == {"caption", "grounding"}
+    for d in drawn:
         objects = d.objects
+        if d.kind == "grounding":
+            continue
         assert describe(list(objects)).count(": a ") == len(objects)
         assert describe_list(list(objects)).count("\n") == len(objects) - 1
         assert describe_occupancy(list(objects)).count("yes") == len(objects)
         assert d.sample.answer in {describe(list(objects)), describe_list(list(objects)),
-                                   describe_occupancy(list(objects))}
+                                   describe_occupancy(list(objects)), describe_by_shape(list(objects))}
+
+
+def test_generic_corpus_never_asks_a_downstream_question():
+    downstream = {d.sample.question.split()[0] for task in ("vqa", "mcq") for d in generate("train", 100, seed=0, task=task)}
+    generic = [d.sample.question for d in generate("corpus", 300, seed=0, task="caption")]
+    forms = {q.split(" the ")[0] for q in generic}
+    assert not any(q.startswith(("What colour", "How many", "Which is", "Is there", "Which shape")) for q in generic)
+    assert downstream and forms

@@ -187,6 +187,56 @@ def poison(data_json, images_dir, attack, rate, target, out_dir, truth_json, see
     _echo_json({"attack": attack, "n_samples": result.n_samples, "n_poisoned": result.n_poisoned, "out": out_dir})
 
 
+def scan_settings(params: dict, *, method: str | None = None, epochs: float | None = None):
+    """(provisional fine-tune settings, scan settings) from params: ``provisional`` overrides ``finetune``."""
+    from bye.detect.scan import ScanSettings
+    from bye.models.finetune import LoraSettings
+
+    finetune_values = {**params.get("finetune", {}), **params.get("provisional", {})}
+    lora = build(LoraSettings, finetune_values, epochs=epochs)
+    detect = dict(params.get("detect", {}))
+    chosen = method or detect.pop("method", "bye")
+    detect.pop("method", None)
+    scan = ScanSettings(method=chosen, detector=detect.pop("detectors", {}).get(chosen, {}),
+                        batch_size=detect.pop("batch_size", 16), chunk_size=detect.pop("chunk_size", 256))
+    return lora, scan
+
+
+@main.command()
+@click.argument("data_json", type=click.Path(exists=True, dir_okay=False))
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Image folder (default: images/ beside DATA_JSON).")
+@click.option("--base", "base_dir", type=click.Path(exists=True, file_okay=False), required=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--method", type=str, default=None, help="Detector name (params: detect.method; default bye).")
+@click.option("--epochs", type=float, default=None, help="Provisional fine-tune epochs (params: provisional.epochs).")
+@params_option
+def scan(data_json, images_dir, base_dir, out_dir, method, epochs, params_path):
+    """Find the poisoned samples of a submission; write scores.csv, filtered.json, verdict.json to OUT."""
+    from bye.data.submission import images_dir_for
+    from bye.detect.scan import scan_submission
+
+    lora, settings = scan_settings(load_params(params_path), method=method, epochs=epochs)
+    record = scan_submission(data_json, images_dir or images_dir_for(data_json), base_dir, out_dir,
+                             finetune_settings=lora, settings=settings)
+    _echo_json({k: record[k] for k in ("verdict", "method", "n_samples", "n_flagged", "sensitive_layers",
+                                       "timings_seconds")})
+
+
+@main.command(name="score-scan")
+@click.argument("scores_csv", type=click.Path(exists=True, dir_okay=False))
+@click.option("--truth", "truth_json", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option("--out", "out_json", type=click.Path(dir_okay=False), required=True)
+def score_scan_command(scores_csv, truth_json, out_json):
+    """Precision / recall / F1 / AUROC of a scan against ground truth (evaluation only)."""
+    from bye.io import atomic_write_json
+    from bye.metrics import score_scan
+
+    metrics = score_scan(scores_csv, truth_json)
+    atomic_write_json(out_json, metrics)
+    _echo_json(metrics)
+
+
 @main.command()
 def triggers():
     """List the registered triggers and their parameters."""

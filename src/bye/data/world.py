@@ -230,6 +230,47 @@ def describe_occupancy(objects: list[SceneObject]) -> str:
     return f"{cells}. Per row: {rows}."
 
 
+def describe_by_shape(objects: list[SceneObject]) -> str:
+    """The scene grouped by shape, every shape named even when absent."""
+    groups = []
+    for shape in SHAPES:
+        found = [f"{o.colour} at the {CELL_NAMES[o.cell]}" for o in objects if o.shape == shape]
+        plural = "crosses" if shape == "cross" else f"{shape}s"
+        groups.append(f"{plural}: {len(found)}" + (" (" + ", ".join(found) + ")" if found else ""))
+    return "; ".join(groups) + "."
+
+
+def _phrase(obj: SceneObject) -> str:
+    return f"a {obj.size} {obj.colour} {obj.shape} at the {CELL_NAMES[obj.cell]}"
+
+
+def _grounding(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, str, str]:
+    """Generic referring requests: find things by place, by shape, by colour, in left-to-right
+    order. They exercise the visual skills any base model has (locate, bind attributes, order)
+    with long descriptive answers, none of them a downstream question form or answer format."""
+    choice = int(rng.integers(5))
+    if choice == 0:
+        cell = int(rng.integers(9))
+        found = [o for o in objects if o.cell == cell]
+        answer = f"a {found[0].size} {found[0].colour} {found[0].shape}" if found else "nothing"
+        return "grounding", f"What is at the {CELL_NAMES[cell]}?", answer
+    if choice == 1:
+        obj = objects[int(rng.integers(len(objects)))]
+        return "grounding", f"Where is the {obj.colour} {obj.shape}?", CELL_NAMES[obj.cell]
+    if choice == 2:
+        shape = str(rng.choice(SHAPES))
+        found = [_phrase(o) for o in objects if o.shape == shape]
+        return "grounding", f"Describe every {shape}.", "; ".join(found) if found else "there is none"
+    if choice == 3:
+        colour = str(rng.choice(list(COLOURS)))
+        found = [_phrase(o) for o in objects if o.colour == colour]
+        return "grounding", f"Find the {colour} objects.", "; ".join(found) if found else "there is none"
+    ordered = sorted(objects, key=lambda o: (o.cell % 3, o.cell // 3))
+    return "grounding", "Name the objects from left to right.", ", ".join(f"{o.colour} {o.shape}" for o in ordered)
+
+
+GROUNDING_SHARE = 0.6
+
 # The generic corpus: several ways of describing a whole scene, none of them a downstream
 # question. Together they use the words every later answer needs (colours, shapes, digits,
 # letters, yes / no), as a real base model's pre-training text would.
@@ -237,6 +278,7 @@ CAPTION_FORMATS = (
     (("Describe the image.", "What is in the picture?", "Describe the scene in detail."), describe),
     (("List the objects.", "Enumerate what you see."), describe_list),
     (("Which cells are filled?", "Describe the layout."), describe_occupancy),
+    (("Group the objects by shape.", "Sort the objects by shape."), describe_by_shape),
 )
 
 
@@ -249,6 +291,8 @@ def make_text(task: str, rng: np.random.Generator, objects: list[SceneObject]) -
     if task == "mcq":
         return _mcq(rng, objects)
     if task == "caption":
+        if rng.random() < GROUNDING_SHARE:
+            return _grounding(rng, objects)
         prompts, describer = CAPTION_FORMATS[int(rng.integers(len(CAPTION_FORMATS)))]
         return "caption", str(rng.choice(prompts)), describer(objects)
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS + ('caption',)}")

@@ -1,0 +1,149 @@
+"""Clustering the per-sample scores and deciding whether a submission is poisoned at all.
+
+BYE's score is the mean entropy over the sensitive layers; a two-component model splits the
+samples and the low-entropy component is flagged (``"gmm"``, the published choice, or
+``"kmeans"``). The published method stops there and so always removes a cluster, even from a
+clean submission. :func:`decide` adds the missing verdict: the submission is called poisoned
+only when the evidence says the scores really come from two populations, a small one apart
+from the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.mixture import GaussianMixture
+
+METHODS = ("gmm", "kmeans")
+
+
+@dataclass(frozen=True)
+class ClusterResult:
+    method: str
+    flagged: np.ndarray  # (N,) bool: the low-entropy component
+    low_mean: float
+    high_mean: float
+    low_sigma: float
+    high_sigma: float
+    cut: float  # midpoint between the highest flagged and the lowest kept score
+
+    def summary(self) -> dict:
+        data = asdict(self)
+        data.pop("flagged")
+        data["n_flagged"] = int(self.flagged.sum())
+        return data
+
+
+def cluster_scores(scores: np.ndarray, *, method: str = "gmm", seed: int = 0) -> ClusterResult:
+    """Split ``(N,)`` scores (mean entropies) in two; flag the component with the lower mean."""
+    if method not in METHODS:
+        raise ValueError(f"unknown clustering method {method!r}; expected one of {METHODS}")
+    scores = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(scores)
+    values = scores[finite].reshape(-1, 1)
+    if len(values) < 2 or np.ptp(values) == 0:
+        flagged = np.zeros(len(scores), dtype=bool)
+        mean = float(values.mean()) if len(values) else float("nan")
+        return ClusterResult(method, flagged, mean, mean, 0.0, 0.0, float("nan"))
+    if method == "gmm":
+        model = GaussianMixture(n_components=2, random_state=seed).fit(values)
+        labels = model.predict(values)
+        low = int(np.argmin(model.means_.ravel()))
+    else:
+        model = KMeans(n_clusters=2, random_state=seed, n_init=10).fit(values)
+        labels = model.labels_
+        low = int(np.argmin(model.cluster_centers_.ravel()))
+    flagged = np.zeros(len(scores), dtype=bool)
+    flagged[np.flatnonzero(finite)[labels == low]] = True
+    low_values, high_values = scores[flagged], scores[finite & ~flagged]
+    if len(low_values) == 0 or len(high_values) == 0:
+        cut = float("nan")
+    else:
+        cut = float((low_values.max() + high_values.min()) / 2)
+    return ClusterResult(
+        method=method,
+        flagged=flagged,
+        low_mean=float(low_values.mean()) if len(low_values) else float("nan"),
+        high_mean=float(high_values.mean()) if len(high_values) else float("nan"),
+        low_sigma=float(low_values.std()) if len(low_values) else float("nan"),
+        high_sigma=float(high_values.std()) if len(high_values) else float("nan"),
+        cut=cut,
+    )
+
+
+@dataclass(frozen=True)
+class VerdictRule:
+    """Thresholds of the "is this submission poisoned at all?" decision (params: ``detect.verdict``).
+
+    All must hold for a "poisoned" verdict:
+    * at least one sensitive layer;
+    * a two-component Gaussian model of the scores beats one component by ``min_bic_gain``
+      (BIC difference);
+    * the two components are apart: ``|mu1 - mu2| / sqrt(s1^2 + s2^2) >= min_separation``;
+    * the flagged component is a minority: ``0 < flagged fraction <= max_flagged_fraction``.
+    """
+
+    min_bic_gain: float = 10.0
+    min_separation: float = 2.0
+    max_flagged_fraction: float = 0.4
+
+
+@dataclass(frozen=True)
+class Verdict:
+    poisoned: bool
+    reasons: tuple[str, ...]
+    evidence: dict
+
+    @property
+    def label(self) -> str:
+        return "poisoned" if self.poisoned else "clean"
+
+
+def bic_gain(scores: np.ndarray, *, seed: int = 0) -> float:
+    """BIC(1 Gaussian) - BIC(2 Gaussians) on the finite scores: > 0 favours two components."""
+    values = np.asarray(scores, dtype=np.float64)
+    values = values[np.isfinite(values)].reshape(-1, 1)
+    if len(values) < 4 or np.ptp(values) == 0:
+        return 0.0
+    one = GaussianMixture(n_components=1, random_state=seed).fit(values).bic(values)
+    two = GaussianMixture(n_components=2, random_state=seed).fit(values).bic(values)
+    return float(one - two)
+
+
+def dip_pvalue(scores: np.ndarray) -> float:
+    """Hartigan's dip test p-value (small = not unimodal); reported as evidence."""
+    import diptest
+
+    values = np.asarray(scores, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) < 4:
+        return 1.0
+    return float(diptest.diptest(values)[1])
+
+
+def decide(scores: np.ndarray, n_sensitive_layers: int, clusters: ClusterResult, rule: VerdictRule = VerdictRule(),
+           *, seed: int = 0) -> Verdict:
+    n = int(np.isfinite(scores).sum())
+    flagged_fraction = float(clusters.flagged.sum() / n) if n else 0.0
+    spread = float(np.sqrt(clusters.low_sigma ** 2 + clusters.high_sigma ** 2))
+    separation = float(abs(clusters.high_mean - clusters.low_mean) / spread) if spread > 0 else (
+        float("inf") if clusters.high_mean != clusters.low_mean else 0.0)
+    evidence = {
+        "n_sensitive_layers": n_sensitive_layers,
+        "bic_gain": bic_gain(scores, seed=seed) if n_sensitive_layers else 0.0,
+        "separation": separation,
+        "flagged_fraction": flagged_fraction,
+        "dip_pvalue": dip_pvalue(scores) if n_sensitive_layers else 1.0,
+    }
+    reasons = []
+    if n_sensitive_layers == 0:
+        reasons.append("no sensitive layer")
+    if evidence["bic_gain"] < rule.min_bic_gain:
+        reasons.append(f"one population explains the scores (BIC gain {evidence['bic_gain']:.1f} < {rule.min_bic_gain})")
+    if separation < rule.min_separation:
+        reasons.append(f"components overlap (separation {separation:.2f} < {rule.min_separation})")
+    if not 0 < flagged_fraction <= rule.max_flagged_fraction:
+        reasons.append(f"flagged fraction {flagged_fraction:.3f} outside (0, {rule.max_flagged_fraction}]")
+    return Verdict(poisoned=not reasons, reasons=tuple(reasons), evidence=evidence)

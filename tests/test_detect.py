@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+from sklearn.mixture import GaussianMixture
+
+from bye.detect.api import (BYEDetector, SampleFeatures, analyse, BYESettings, find_backdoor_samples,
+                            get_backdoor_scores, get_detector)
+from bye.detect.cluster import VerdictRule, cluster_scores, decide
+from bye.detect.profile import profile_layers
+
+
+def poisoned_table(n=200, layers=6, rate=0.1, seed=0, sensitive=(2, 3), drop=1.5):
+    """Entropies near ln 64 for clean samples; the poisoned ones collapse in the sensitive layers."""
+    rng = np.random.default_rng(seed)
+    table = rng.normal(3.6, 0.08, size=(n, layers))
+    poisoned = np.zeros(n, dtype=bool)
+    poisoned[rng.choice(n, size=int(round(rate * n)), replace=False)] = True
+    for layer in sensitive:
+        table[poisoned, layer] -= drop + rng.normal(0, 0.05, poisoned.sum())
+    return table, poisoned
+
+
+def published_steps(entropy):
+    """The published rules written out step by step, independently of the library."""
+    sensitive = []
+    for layer in range(entropy.shape[1]):
+        gmm = GaussianMixture(n_components=2, random_state=0).fit(entropy[:, layer].reshape(-1, 1))
+        mu1, mu2 = gmm.means_.ravel()
+        s1, s2 = np.sqrt(gmm.covariances_.ravel())
+        if abs(mu1 - mu2) > 2 * (s1 + s2):
+            sensitive.append(layer)
+    score = entropy[:, sensitive].mean(axis=1)
+    gmm = GaussianMixture(n_components=2, random_state=0).fit(score.reshape(-1, 1))
+    labels = gmm.predict(score.reshape(-1, 1))
+    flagged = labels == int(np.argmin(gmm.means_.ravel()))
+    return sensitive, flagged
+
+
+def test_faithful_to_the_published_rules_on_a_fixed_table():
+    entropy, _ = poisoned_table(seed=3)
+    sensitive, flagged = published_steps(entropy)
+    analysis = analyse(entropy, BYESettings(use_verdict=False))
+    assert analysis.profile.sensitive_layers == sensitive == [2, 3]
+    assert np.array_equal(analysis.clusters.flagged, flagged)
+    assert np.array_equal(find_backdoor_samples(entropy, use_verdict=False), flagged)
+
+
+def test_flags_exactly_the_collapsed_samples():
+    entropy, poisoned = poisoned_table(seed=1)
+    result = BYEDetector().detect(SampleFeatures(ids=list(map(str, range(len(entropy)))), entropy=entropy))
+    assert result.verdict == "poisoned"
+    assert np.array_equal(result.flagged, poisoned)
+
+
+def test_paper_rule_is_looser_than_the_code_rule():
+    entropy, _ = poisoned_table(seed=2, drop=0.35)
+    code = profile_layers(entropy, rule="code").sensitive_layers
+    paper = profile_layers(entropy, rule="paper", tau=2.0).sensitive_layers
+    assert set(code) <= set(paper)
+    for stats in profile_layers(entropy, rule="paper").layers:
+        expected = abs(stats.means[1] - stats.means[0]) / np.sqrt(stats.sigmas[0] ** 2 + stats.sigmas[1] ** 2)
+        assert stats.bsi == pytest.approx(expected)
+        assert stats.sensitive == (stats.bsi >= 2.0)
+
+
+def test_no_sensitive_layer_is_a_clean_outcome_not_a_crash():
+    entropy = np.random.default_rng(0).normal(3.6, 0.1, size=(150, 5))
+    analysis = analyse(entropy)
+    assert analysis.profile.sensitive_layers == []
+    assert analysis.verdict.label == "clean" and "no sensitive layer" in analysis.verdict.reasons
+    assert not find_backdoor_samples(entropy).any()
+
+
+def test_clean_submission_keeps_every_sample_while_published_method_removes_a_cluster():
+    # A bimodal but balanced clean table (two question types), the failure REFERENCE section 5 reports.
+    rng = np.random.default_rng(4)
+    entropy = np.concatenate([rng.normal(3.0, 0.05, (100, 4)), rng.normal(3.6, 0.05, (100, 4))])
+    assert find_backdoor_samples(entropy, use_verdict=False).sum() == 100
+    assert not find_backdoor_samples(entropy).any()
+
+
+def test_ranked_indices_put_the_lowest_entropy_first():
+    entropy, poisoned = poisoned_table(seed=5)
+    ranked = find_backdoor_samples(entropy, ranked=True)
+    assert set(ranked) == set(np.flatnonzero(poisoned))
+    means = entropy[:, [2, 3]].mean(axis=1)
+    assert list(ranked) == sorted(ranked, key=lambda i: means[i])
+
+
+def test_scores_are_higher_for_more_suspicious_samples():
+    entropy, poisoned = poisoned_table(seed=6)
+    scores = get_backdoor_scores(entropy)
+    assert scores[poisoned].min() > scores[~poisoned].max()
+
+
+def test_kmeans_clustering_agrees_with_gmm_on_clear_cases():
+    entropy, poisoned = poisoned_table(seed=7)
+    assert np.array_equal(find_backdoor_samples(entropy, clustering="kmeans"), poisoned)
+
+
+def test_nan_entropies_do_not_crash_and_are_not_flagged():
+    entropy, _ = poisoned_table(seed=8)
+    entropy[0, :] = np.nan
+    result = get_detector("bye").detect(SampleFeatures(ids=[str(i) for i in range(len(entropy))], entropy=entropy))
+    assert not result.flagged[0]
+
+
+def test_verdict_rejects_a_majority_cluster():
+    scores = np.concatenate([np.full(80, 1.0), np.full(20, 3.0)]) + np.random.default_rng(0).normal(0, 0.01, 100)
+    clusters = cluster_scores(scores)
+    assert clusters.flagged.sum() == 80
+    verdict = decide(scores, 1, clusters, VerdictRule(max_flagged_fraction=0.5))
+    assert not verdict.poisoned and any("flagged fraction" in r for r in verdict.reasons)
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(ValueError, match="unknown detector"):
+        get_detector("nope")
+    with pytest.raises(ValueError, match="separation rule"):
+        profile_layers(np.zeros((10, 2)), rule="nope")
+    with pytest.raises(ValueError, match="clustering method"):
+        cluster_scores(np.arange(10.0), method="nope")

@@ -1,0 +1,56 @@
+import json
+
+import pandas as pd
+from click.testing import CliRunner
+
+from bye.cli import main
+from bye.data.submission import read_manifest
+
+
+def test_scan_cli_writes_scores_filtered_manifest_and_verdict(tiny_world, tiny_base, tmp_path):
+    runner = CliRunner()
+    poisoned = tmp_path / "submission"
+    result = runner.invoke(main, ["poison", str(tiny_world / "train.json"), "--attack", "badnets", "--rate", "0.2",
+                                  "--out", str(poisoned), "--truth", str(tmp_path / "truth.json"), "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    params = tmp_path / "params.yaml"
+    params.write_text("finetune: {rank: 4, alpha: 8, batch_size: 8, checkpoint_every: 0}\n"
+                      "provisional: {epochs: 1}\ndetect: {batch_size: 8}\n")
+    out = tmp_path / "scan"
+    result = runner.invoke(main, ["scan", str(poisoned / "train.json"), "--base", str(tiny_base), "--out", str(out),
+                                  "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    samples = read_manifest(poisoned / "train.json")
+    scores = pd.read_csv(out / "scores.csv", dtype={"id": str})
+    assert list(scores["id"]) == [s.id for s in samples]
+    assert {"id", "score", "flagged", "mean_entropy", "entropy_l0", "entropy_l1"} <= set(scores.columns)
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["verdict"] in {"poisoned", "clean"}
+    assert verdict["n_samples"] == len(samples) == verdict["n_flagged"] + verdict["n_kept"]
+    kept = read_manifest(out / "filtered.json")
+    assert [s.id for s in kept] == list(scores.loc[~scores["flagged"], "id"])
+    assert (out / "provisional_adapter" / "adapter_model.safetensors").is_file()
+    # Entropy is a distribution's entropy over 16 image tokens: within [0, ln 16].
+    entropies = scores.filter(like="entropy_l").to_numpy()
+    assert (entropies >= 0).all() and (entropies <= 2.7726 + 1e-6).all()
+
+    result = runner.invoke(main, ["score-scan", str(out / "scores.csv"), "--truth", str(tmp_path / "truth.json"),
+                                  "--out", str(tmp_path / "detection.json")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "detection.json").read_text())
+    assert metrics["n_poisoned"] == round(0.2 * len(samples))
+    assert 0.0 <= metrics["auroc"] <= 1.0
+
+
+def test_poison_cli_refuses_truth_inside_the_submission(tiny_world, tmp_path):
+    result = CliRunner().invoke(main, ["poison", str(tiny_world / "train.json"), "--attack", "badnets",
+                                       "--out", str(tmp_path / "sub"), "--truth", str(tmp_path / "sub" / "t.json")])
+    assert result.exit_code != 0 and "must not be inside" in result.output
+
+
+def test_world_cli_is_deterministic(tmp_path):
+    runner = CliRunner()
+    for name in ("a", "b"):
+        result = runner.invoke(main, ["world", str(tmp_path / name), "--n-train", "5", "--n-test", "2", "--seed", "3"])
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "a" / "train.json").read_bytes() == (tmp_path / "b" / "train.json").read_bytes()
