@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-extract ui clean
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Benchmarks write benchmarks/results/*.json and *.md (machine described inside); never run in CI.
+bench: bench-extract
+
+bench-extract: $(STAMP)
+	$(BIN)/python benchmarks/extract.py
 
 clean:
 	rm -rf data/world models metrics reports .cache
