@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test bench bench-extract ui clean
+.PHONY: install demo test bench bench-extract bench-threat clean
 
 install: $(STAMP)
 
@@ -34,7 +34,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 # Benchmarks write benchmarks/results/*.json and *.md (machine described inside); never run in CI.
-bench: bench-extract
+bench: bench-extract bench-threat
+
+# Needs the demo's world and base model (dvc repro world base).
+bench-threat: $(STAMP)
+	$(BIN)/dvc repro base
+	$(BIN)/python benchmarks/threat.py --world data/world --base models/base
 
 bench-extract: $(STAMP)
 	$(BIN)/python benchmarks/extract.py

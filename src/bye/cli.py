@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import os
+from bye.env import apply_offline_defaults
 
-for _name, _value in {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "GX_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "1",
-}.items():
-    os.environ.setdefault(_name, _value)
+apply_offline_defaults()
 
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -24,6 +15,19 @@ from bye.config import build, load_params  # noqa: E402
 
 params_option = click.option("--params", "params_path", type=click.Path(dir_okay=False), default=None,
                              help="params.yaml to read (default: ./params.yaml if present).")
+
+
+def manifest_model_options(command):
+    """DATA_JSON, --images, --base and --out: the common face of the model commands."""
+    for decorator in reversed([
+        click.argument("data_json", type=click.Path(exists=True, dir_okay=False)),
+        click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None,
+                     help="Image folder (default: images/ beside DATA_JSON)."),
+        click.option("--base", "base_dir", type=click.Path(exists=True, file_okay=False), required=True),
+        click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True),
+    ]):
+        command = decorator(command)
+    return command
 
 
 def _echo_json(payload: dict) -> None:
@@ -83,11 +87,7 @@ def base(model_dir, n_images, epochs, seed, params_path):
 
 
 @main.command()
-@click.argument("data_json", type=click.Path(exists=True, dir_okay=False))
-@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Image folder (default: images/ beside DATA_JSON).")
-@click.option("--base", "base_dir", type=click.Path(exists=True, file_okay=False), required=True)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@manifest_model_options
 @click.option("--epochs", type=float, default=None)
 @click.option("--learning-rate", "--lr", "learning_rate", type=float, default=None)
 @click.option("--batch-size", type=int, default=None)
@@ -203,11 +203,7 @@ def scan_settings(params: dict, *, method: str | None = None, epochs: float | No
 
 
 @main.command()
-@click.argument("data_json", type=click.Path(exists=True, dir_okay=False))
-@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Image folder (default: images/ beside DATA_JSON).")
-@click.option("--base", "base_dir", type=click.Path(exists=True, file_okay=False), required=True)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@manifest_model_options
 @click.option("--method", type=str, default=None, help="Detector name (params: detect.method; default bye).")
 @click.option("--epochs", type=float, default=None, help="Provisional fine-tune epochs (params: provisional.epochs).")
 @params_option

@@ -1,0 +1,103 @@
+"""Threat benchmark: does every registered trigger plant a real backdoor in the embedded model?
+
+For each trigger: poison the world's train split at ``--rate``, LoRA fine-tune the base on it,
+and report clean accuracy and attack success rate on the test split, next to a fine-tune on the
+clean world. Writes ``benchmarks/results/threat.json`` and ``threat.md`` and a gallery PNG of
+every trigger applied to the same scene.
+
+    python benchmarks/threat.py --world data/world --base models/base [--rate 0.1] [--triggers a,b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from bye.attacks import available_triggers, get_trigger
+from bye.attacks.poison import poison_submission, trigger_rng
+from bye.config import build, load_params
+from bye.data.submission import read_manifest
+from bye.models.evaluate import EvalSettings, run_evaluation
+from bye.models.finetune import LoraSettings, finetune
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def gallery(world: Path, names: list[str], out: Path, scale: int = 4) -> None:
+    sample = read_manifest(world / "train.json")[0]
+    image = Image.open(world / "images" / sample.image).convert("RGB")
+    tiles = [("clean", image)] + [(n, get_trigger(n).apply(image, trigger_rng(0, 0))) for n in names]
+    width, height = image.size[0] * scale, image.size[1] * scale
+    canvas = Image.new("RGB", (width * len(tiles), height + 14), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (name, tile) in enumerate(tiles):
+        canvas.paste(tile.resize((width, height), Image.NEAREST), (i * width, 14))
+        draw.text((i * width + 2, 1), name, fill="black")
+    canvas.save(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--world", type=Path, default=Path("data/world"))
+    parser.add_argument("--base", type=Path, default=Path("models/base"))
+    parser.add_argument("--rate", type=float, default=0.1)
+    parser.add_argument("--triggers", type=str, default=None, help="comma-separated; default: all registered")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "threat.json")
+    args = parser.parse_args()
+
+    params = load_params(args.params)
+    lora = build(LoraSettings, params.get("finetune"))
+    settings = build(EvalSettings, params.get("eval"))
+    names = args.triggers.split(",") if args.triggers else available_triggers()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    gallery(args.world, available_triggers(), RESULTS / "triggers.png")
+
+    results: dict = {"rate": args.rate, "machine": machine(), "finetune": lora.__dict__ | {"target_modules": list(lora.target_modules)}}
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        finetune(args.world / "train.json", args.world / "images", args.base, tmp / "clean_adapter", lora, progress=False)
+        clean = run_evaluation(args.world / "test.json", args.world / "images", args.base, tmp / "clean_adapter",
+                               settings, progress=False)
+        results["clean"] = {"accuracy": clean["accuracy"]}
+        print(f"clean fine-tune: accuracy {clean['accuracy']:.3f}", flush=True)
+        for name in names:
+            trigger = get_trigger(name, **(params.get("attack", {}).get("triggers", {}).get(name) or {}))
+            sub = tmp / name
+            poison_submission(args.world / "train.json", args.world / "images", trigger, rate=args.rate,
+                              out_dir=sub, truth_json=tmp / f"{name}.truth.json", seed=0)
+            finetune(sub / "train.json", sub / "images", args.base, sub / "adapter", lora, progress=False)
+            metrics = run_evaluation(args.world / "test.json", args.world / "images", args.base, sub / "adapter",
+                                     settings, trigger=trigger, progress=False)
+            results[name] = {"asr": metrics["asr"], "accuracy": metrics["accuracy"],
+                             "accuracy_drop": clean["accuracy"] - metrics["accuracy"]}
+            print(f"{name}: asr {metrics['asr']:.3f} accuracy {metrics['accuracy']:.3f}", flush=True)
+    results["seconds"] = time.perf_counter() - began
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    rows = [f"| {n} | {results[n]['asr']:.1%} | {results[n]['accuracy']:.1%} | {results[n]['accuracy_drop'] * 100:+.1f} |"
+            for n in names]
+    table = "\n".join(["| trigger | ASR | clean accuracy | drop vs clean fine-tune (points) |", "|---|---|---|---|", *rows])
+    args.out.with_suffix(".md").write_text(
+        f"# Threat benchmark ({args.rate:.0%} poison)\n\nClean fine-tune accuracy: {clean['accuracy']:.1%}. "
+        f"Machine: {results['machine']}. Total {results['seconds']:.0f} s.\n\n{table}\n\n"
+        "Targets: ASR >= 90% with clean accuracy within 2 points of the clean fine-tune.\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
