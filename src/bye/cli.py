@@ -219,6 +219,30 @@ def scan(data_json, images_dir, base_dir, out_dir, method, epochs, params_path):
                                        "timings_seconds")})
 
 
+@main.command(name="ingest")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--max-rejected-fraction", type=float, default=None,
+              help="Fail when more records are rejected (params: ingest.max_rejected_fraction).")
+@params_option
+def ingest_command(path, out_dir, max_rejected_fraction, params_path):
+    """Safely ingest an untrusted submission folder or archive into OUT (manifest.json, rejected.csv)."""
+    from bye.data.ingest import IngestLimits, SubmissionError, ingest
+
+    section = dict(load_params(params_path).get("ingest", {}))
+    bound = max_rejected_fraction if max_rejected_fraction is not None else section.pop("max_rejected_fraction", 0.05)
+    section.pop("max_rejected_fraction", None)
+    try:
+        report = ingest(path, out_dir, limits=build(IngestLimits, section))
+    except SubmissionError as error:
+        raise click.ClickException(str(error)) from error
+    _echo_json({"accepted": len(report.accepted), "rejected": len(report.rejected),
+                "rejected_fraction": report.rejected_fraction, "out": out_dir})
+    if report.rejected_fraction > bound:
+        raise click.ClickException(f"{report.rejected_fraction:.1%} of the records were rejected (bound {bound:.1%}); "
+                                   f"see {Path(out_dir) / 'rejected.csv'}")
+
+
 @main.command(name="score-scan")
 @click.argument("scores_csv", type=click.Path(exists=True, dir_okay=False))
 @click.option("--truth", "truth_json", type=click.Path(exists=True, dir_okay=False), required=True)
