@@ -38,7 +38,7 @@ bench: bench-extract bench-threat
 
 # Needs the demo's world and base model (dvc repro world base).
 bench-threat: $(STAMP)
-	$(BIN)/dvc repro base
+	$(BIN)/dvc repro world base
 	$(BIN)/python benchmarks/threat.py --world data/world --base models/base
 
 bench-extract: $(STAMP)

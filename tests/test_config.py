@@ -1,0 +1,29 @@
+from pathlib import Path
+
+import pytest
+
+from bye.cli import scan_settings
+from bye.config import build, load_params
+from bye.models.finetune import LoraSettings
+
+
+def test_params_file_builds_every_section(tmp_path):
+    params = load_params(Path(__file__).parents[1] / "params.yaml")
+    lora, scan = scan_settings(params)
+    assert lora == build(LoraSettings, {**params["finetune"], **params["provisional"]})
+    assert scan.method == params["detect"]["method"]
+    assert scan.detector["verdict"]["max_flagged_fraction"] == params["detect"]["detectors"]["bye"]["verdict"]["max_flagged_fraction"]
+
+
+def test_flags_override_params_and_unknown_keys_are_refused():
+    assert build(LoraSettings, {"rank": 4}, rank=8).rank == 8
+    assert build(LoraSettings, {"rank": 4}, rank=None).rank == 4
+    with pytest.raises(ValueError, match="unknown keys"):
+        build(LoraSettings, {"rnak": 4})
+
+
+def test_missing_params_file_is_an_error_only_when_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_params() == {}
+    with pytest.raises(FileNotFoundError):
+        load_params(tmp_path / "nope.yaml")
