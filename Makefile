@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test bench bench-extract bench-threat clean
+.PHONY: install demo test bench bench-extract bench-threat bench-verdict clean
 
 install: $(STAMP)
 
@@ -34,7 +34,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 # Benchmarks write benchmarks/results/*.json and *.md (machine described inside); never run in CI.
-bench: bench-extract bench-threat
+bench: bench-extract bench-threat bench-verdict
 
 # Needs the demo's world and base model (dvc repro world base).
 bench-threat: $(STAMP)
@@ -43,6 +43,11 @@ bench-threat: $(STAMP)
 
 bench-extract: $(STAMP)
 	$(BIN)/python benchmarks/extract.py
+
+# False alarms: scans clean worlds of other seeds with the demo's base model.
+bench-verdict: $(STAMP)
+	$(BIN)/dvc repro base
+	$(BIN)/python benchmarks/verdict.py --base models/base --seeds 1,2,3
 
 clean:
 	rm -rf data/world models metrics reports .cache

@@ -1,0 +1,81 @@
+"""False alarms of the verdict: scan clean worlds (no poison at all) and count what is removed.
+
+    python benchmarks/verdict.py --base models/base --seeds 1,2,3 [--n-train 2000]
+
+Writes ``benchmarks/results/verdict.json`` and ``verdict.md``: per world the verdict, the removed
+fraction, the sensitive layers and the evidence, next to what the published method (always remove
+the low-entropy cluster) would have removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bye.cli import scan_settings
+from bye.config import build, load_params
+from bye.data.world import WorldConfig, write_world
+from bye.detect.api import BYESettings, analyse
+from bye.detect.cluster import VerdictRule
+from bye.detect.scan import scan_submission
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, default=Path("models/base"))
+    parser.add_argument("--seeds", type=str, default="1,2,3")
+    parser.add_argument("--n-train", type=int, default=2000)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    params = load_params(args.params)
+    lora, settings = scan_settings(params)
+    scene = build(WorldConfig, params.get("world", {}).get("scene"))
+    rows = []
+    began = time.perf_counter()
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            write_world(tmp / "world", n_train=args.n_train, n_test=0, seed=seed, config=scene)
+            record = scan_submission(tmp / "world" / "train.json", tmp / "world" / "images", args.base, tmp / "scan",
+                                     finetune_settings=lora, settings=settings, progress=False)
+            import pandas as pd
+
+            entropy = pd.read_csv(tmp / "scan" / "scores.csv").filter(like="entropy_l").to_numpy()
+            detector = dict(settings.detector)
+            verdict = detector.pop("verdict", {})
+            published = analyse(entropy, BYESettings(**detector, verdict=VerdictRule(**verdict), use_verdict=False))
+            rows.append({
+                "seed": seed,
+                "verdict": record["verdict"],
+                "removed_fraction": record["removed_fraction"],
+                "published_removed_fraction": float(published.clusters.flagged.mean()),
+                "sensitive_layers": record["sensitive_layers"],
+                "evidence": record["details"]["evidence"],
+                "reasons": record["details"]["verdict_reasons"],
+            })
+            print(rows[-1], flush=True)
+    summary = {
+        "worlds": rows,
+        "false_alarm_rate": float(np.mean([r["verdict"] == "poisoned" for r in rows])),
+        "mean_kept_fraction": float(1 - np.mean([r["removed_fraction"] for r in rows])),
+        "seconds": time.perf_counter() - began,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "verdict.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    lines = ["| world seed | verdict | removed | published method would remove | sensitive layers |", "|---|---|---|---|---|"]
+    lines += [f"| {r['seed']} | {r['verdict']} | {r['removed_fraction']:.1%} | {r['published_removed_fraction']:.1%} "
+              f"| {r['sensitive_layers']} |" for r in rows]
+    (RESULTS / "verdict.md").write_text(
+        f"# Verdict on clean worlds\n\nFalse-alarm rate {summary['false_alarm_rate']:.0%}, mean kept "
+        f"{summary['mean_kept_fraction']:.1%} ({args.n_train} samples each).\n\n" + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
