@@ -248,21 +248,7 @@ def _grounding(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[st
     """Generic referring requests: find things by place, by shape, by colour, in left-to-right
     order. They exercise the visual skills any base model has (locate, bind attributes, order)
     with long descriptive answers, none of them a downstream question form or answer format."""
-    choice = int(rng.integers(9))
-    unique_shapes = _unique(objects, "shape")
-    if choice in (7, 8) and unique_shapes:
-        # Keyed by shape, answered in one word, but asking for size or place, never colour.
-        obj = unique_shapes[int(rng.integers(len(unique_shapes)))]
-        if choice == 7:
-            return "grounding", f"What size is the {obj.shape}?", obj.size
-        return "grounding", f"Where is the {obj.shape}?", CELL_NAMES[obj.cell]
-    if choice in (5, 6, 7, 8):
-        # Short answers keyed by place: the one-word answering habit, on a different key
-        # (a cell) from any downstream question (keyed by shape, colour or kind).
-        obj = objects[int(rng.integers(len(objects)))]
-        if choice == 5:
-            return "grounding", f"Which colour is at the {CELL_NAMES[obj.cell]}?", obj.colour
-        return "grounding", f"Name the shape at the {CELL_NAMES[obj.cell]}.", obj.shape
+    choice = int(rng.integers(5))
     if choice == 0:
         cell = int(rng.integers(9))
         found = [o for o in objects if o.cell == cell]
