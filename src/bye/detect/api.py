@@ -14,6 +14,7 @@ submission's samples, which are poisoned?
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 
@@ -119,7 +120,8 @@ def analyse(entropy: np.ndarray, settings: BYESettings = BYESettings()) -> BYEAn
     entropy = np.asarray(entropy, dtype=np.float64)
     profile = profile_layers(entropy, rule=settings.rule, tau=settings.tau, seed=settings.seed)
     layers = profile.sensitive_layers or list(range(entropy.shape[1]))
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():  # an all-NaN row (no visible image token) stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
         mean_entropy = np.nanmean(entropy[:, layers], axis=1)
     clusters = cluster_scores(mean_entropy, method=settings.clustering, seed=settings.seed)
     verdict = decide(mean_entropy, len(profile.sensitive_layers), clusters, settings.verdict, seed=settings.seed)
