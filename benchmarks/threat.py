@@ -16,6 +16,7 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     gallery(args.world, available_triggers(), RESULTS / "triggers.png")
 
-    results: dict = {"rate": args.rate, "machine": machine(), "finetune": lora.__dict__ | {"target_modules": list(lora.target_modules)}}
+    results: dict = {"rate": args.rate, "machine": machine(), "finetune": asdict(lora)}
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

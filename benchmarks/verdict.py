@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from bye.cli import scan_settings
 from bye.config import build, load_params
 from bye.data.world import WorldConfig, write_world
-from bye.detect.api import BYESettings, analyse
-from bye.detect.cluster import VerdictRule
+from bye.detect.api import BYEDetector, analyse
 from bye.detect.scan import scan_submission
 
 RESULTS = Path(__file__).parent / "results"
@@ -45,13 +45,8 @@ def main() -> None:
             write_world(tmp / "world", n_train=args.n_train, n_test=0, seed=seed, config=scene)
             record = scan_submission(tmp / "world" / "train.json", tmp / "world" / "images", args.base, tmp / "scan",
                                      finetune_settings=lora, settings=settings, progress=False)
-            import pandas as pd
-
             entropy = pd.read_csv(tmp / "scan" / "scores.csv").filter(like="entropy_l").to_numpy()
-            detector = dict(settings.detector)
-            verdict = detector.pop("verdict", {})
-            detector.pop("use_verdict", None)
-            published = analyse(entropy, BYESettings(**detector, verdict=VerdictRule(**verdict), use_verdict=False))
+            published = analyse(entropy, BYEDetector(**{**settings.detector, "use_verdict": False}).settings)
             rows.append({
                 "seed": seed,
                 "verdict": record["verdict"],

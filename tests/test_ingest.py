@@ -93,6 +93,14 @@ def submission(tmp_path):
     return root
 
 
+def mini_submission(root, manifest_name="train.json", text=None):
+    """A folder holding images/a.png and a manifest (by default one good record for it)."""
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "a.png").write_bytes(png_bytes())
+    (root / manifest_name).write_text(json.dumps([record("a", "a.png")]) if text is None else text)
+    return root
+
+
 OK_IDS = {"ok-1", "ok-grey", "ok-palette", "ok-rgba", "ok-cmyk", "ok-16bit"}
 
 
@@ -162,11 +170,8 @@ def test_manifest_that_is_not_a_list_is_refused_as_a_whole(tmp_path):
 
 
 def test_jsonl_manifest_with_a_broken_line(tmp_path):
-    root = tmp_path / "up"
-    (root / "images").mkdir(parents=True)
-    (root / "images" / "a.png").write_bytes(png_bytes())
     lines = [json.dumps(record("a", "a.png")), "{broken", json.dumps(record("b", "a.png"))]
-    (root / "data.jsonl").write_text("\n".join(lines))
+    root = mini_submission(tmp_path / "up", "data.jsonl", "\n".join(lines))
     report = ingest(root, tmp_path / "out")
     assert [s.id for s in report.accepted] == ["a", "b"]
     assert report.rejected[0][2].startswith("line 2: not JSON")
@@ -219,10 +224,7 @@ def test_tar_with_a_link_is_refused(tmp_path):
 
 
 def test_tar_archive_is_ingested(tmp_path):
-    source = tmp_path / "src"
-    (source / "images").mkdir(parents=True)
-    (source / "images" / "a.png").write_bytes(png_bytes())
-    (source / "train.json").write_text(json.dumps([record("a", "a.png")]))
+    source = mini_submission(tmp_path / "src")
     with tarfile.open(tmp_path / "up.tar.gz", "w:gz") as bundle:
         bundle.add(source / "train.json", arcname="train.json")
         bundle.add(source / "images" / "a.png", arcname="images/a.png")
@@ -245,10 +247,7 @@ records_strategy = st.lists(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(records=records_strategy)
 def test_any_manifest_is_ingested_without_crashing_or_dropping_records(tmp_path_factory, records):
-    root = tmp_path_factory.mktemp("h")
-    (root / "images").mkdir()
-    (root / "images" / "a.png").write_bytes(png_bytes())
-    (root / "train.json").write_text(json.dumps(records))
+    root = mini_submission(tmp_path_factory.mktemp("h") / "up", text=json.dumps(records))
     report = ingest(root, root / "out")
     assert len(report.accepted) + len(report.rejected) == len(records)
     assert len({s.id for s in report.accepted}) == len(report.accepted)

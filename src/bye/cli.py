@@ -17,17 +17,26 @@ params_option = click.option("--params", "params_path", type=click.Path(dir_okay
                              help="params.yaml to read (default: ./params.yaml if present).")
 
 
-def manifest_model_options(command):
-    """DATA_JSON, --images, --base and --out: the common face of the model commands."""
-    for decorator in reversed([
-        click.argument("data_json", type=click.Path(exists=True, dir_okay=False)),
-        click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None,
-                     help="Image folder (default: images/ beside DATA_JSON)."),
-        click.option("--base", "base_dir", type=click.Path(exists=True, file_okay=False), required=True),
-        click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True),
-    ]):
-        command = decorator(command)
-    return command
+def _stack(*decorators):
+    def apply(command):
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+    return apply
+
+
+# DATA_JSON and --images: how every command that reads a manifest finds it.
+manifest_options = _stack(
+    click.argument("data_json", type=click.Path(exists=True, dir_okay=False)),
+    click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None,
+                 help="Image folder (default: images/ beside DATA_JSON)."),
+)
+# ... plus --base and --out: the common face of the model commands.
+manifest_model_options = _stack(
+    manifest_options,
+    click.option("--base", "base_dir", type=click.Path(exists=True, file_okay=False), required=True),
+    click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True),
+)
 
 
 def _echo_json(payload: dict) -> None:
@@ -156,9 +165,7 @@ def _trigger(name: str, params: dict):
 
 
 @main.command()
-@click.argument("data_json", type=click.Path(exists=True, dir_okay=False))
-@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Image folder (default: images/ beside DATA_JSON).")
+@manifest_options
 @click.option("--attack", required=True, help="Registered trigger name (see `bye triggers`).")
 @click.option("--rate", type=float, default=None, help="Poisoned fraction (params: attack.rate).")
 @click.option("--target", type=str, default=None, help="Target answer (params: attack.target).")
@@ -194,11 +201,10 @@ def scan_settings(params: dict, *, method: str | None = None, epochs: float | No
 
     finetune_values = {**params.get("finetune", {}), **params.get("provisional", {})}
     lora = build(LoraSettings, finetune_values, epochs=epochs)
-    detect = dict(params.get("detect", {}))
-    chosen = method or detect.pop("method", "bye")
-    detect.pop("method", None)
-    scan = ScanSettings(method=chosen, detector=detect.pop("detectors", {}).get(chosen, {}),
-                        batch_size=detect.pop("batch_size", 16), chunk_size=detect.pop("chunk_size", 256))
+    detect = params.get("detect", {})
+    chosen = method or detect.get("method", "bye")
+    scan = ScanSettings(method=chosen, detector=detect.get("detectors", {}).get(chosen, {}),
+                        batch_size=detect.get("batch_size", 16), chunk_size=detect.get("chunk_size", 256))
     return lora, scan
 
 
@@ -230,8 +236,8 @@ def ingest_command(path, out_dir, max_rejected_fraction, params_path):
     from bye.data.ingest import IngestLimits, SubmissionError, ingest
 
     section = dict(load_params(params_path).get("ingest", {}))
-    bound = max_rejected_fraction if max_rejected_fraction is not None else section.pop("max_rejected_fraction", 0.05)
-    section.pop("max_rejected_fraction", None)
+    configured_bound = section.pop("max_rejected_fraction", 0.05)  # a CLI knob, not an IngestLimits field
+    bound = max_rejected_fraction if max_rejected_fraction is not None else configured_bound
     try:
         report = ingest(path, out_dir, limits=build(IngestLimits, section))
     except SubmissionError as error:

@@ -47,15 +47,15 @@ class LayerProfile:
         return [s.layer for s in self.layers if s.sensitive]
 
 
-def fit_two_gaussians(values: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, GaussianMixture]:
-    """(means, sigmas, weights) sorted by mean, and the fitted mixture; NaNs are left out."""
+def fit_two_gaussians(values: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(means, sigmas, weights) of a two-component mixture, sorted by mean; NaNs are left out."""
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)].reshape(-1, 1)
     mixture = GaussianMixture(n_components=2, random_state=seed).fit(values)
     means = mixture.means_.ravel()
     sigmas = np.sqrt(mixture.covariances_.reshape(-1))
     order = np.argsort(means)
-    return means[order], sigmas[order], mixture.weights_[order], mixture
+    return means[order], sigmas[order], mixture.weights_[order]
 
 
 def profile_layers(entropy: np.ndarray, *, rule: str = "code", tau: float = 2.0, seed: int = 0) -> LayerProfile:
@@ -70,7 +70,7 @@ def profile_layers(entropy: np.ndarray, *, rule: str = "code", tau: float = 2.0,
             stats.append(LayerStats(layer, (np.nan, np.nan), (np.nan, np.nan), (np.nan, np.nan),
                                     0.0, 0.0, -np.inf, False))
             continue
-        means, sigmas, weights, _ = fit_two_gaussians(column, seed=seed)
+        means, sigmas, weights = fit_two_gaussians(column, seed=seed)
         gap = float(abs(means[1] - means[0]))
         bsi = gap / float(np.sqrt(sigmas[0] ** 2 + sigmas[1] ** 2) + 1e-12)
         code_margin = gap - 2.0 * float(sigmas[0] + sigmas[1])
