@@ -13,8 +13,12 @@ export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+PREFECT_API := http://127.0.0.1:4200/api
+PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-threat bench-verdict clean
+.PHONY: install demo test bench bench-extract bench-threat bench-verdict clean prefect-server ui
 
 install: $(STAMP)
 
@@ -26,11 +30,26 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[pipeline,dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+# One local Prefect server for every stage process (a temporary one costs ~20 s per process).
+prefect-server: $(STAMP)
+	@$(PREFECT_UP) || { \
+	  mkdir -p $(PREFECT_HOME); \
+	  nohup $(BIN)/prefect server start --host 127.0.0.1 --port 4200 >$(PREFECT_HOME)/server.log 2>&1 & \
+	  for i in $$(seq 1 60); do $(PREFECT_UP) && break; sleep 2; done; }
+	@$(PREFECT_UP) && echo "Prefect server: $(PREFECT_API) (UI http://127.0.0.1:4200)"
 
+demo: prefect-server
+	PREFECT_API_URL=$(PREFECT_API) $(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+	@echo "Report: reports/report/report.html   Audit trail: make ui (MLflow at http://127.0.0.1:5000)"
+
+ui: $(STAMP)
+	$(BIN)/mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db \
+	  --default-artifact-root ./mlruns
+
+# Headless Chromium (Debian's package) for the browser test of the MLflow UI.
 test: $(STAMP)
+	bash scripts/ensure_chromium.sh
 	$(BIN)/python -m pytest
 
 # Benchmarks write benchmarks/results/*.json and *.md (machine described inside); never run in CI.
@@ -50,4 +69,4 @@ bench-verdict: $(STAMP)
 	$(BIN)/python benchmarks/verdict.py --base models/base --seeds 1,2,3
 
 clean:
-	rm -rf data/world models metrics reports .cache
+	rm -rf data/world models metrics reports .cache runs mlflow.db mlruns

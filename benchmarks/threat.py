@@ -29,6 +29,7 @@ from bye.config import build, load_params
 from bye.data.submission import read_manifest
 from bye.models.evaluate import EvalSettings, run_evaluation
 from bye.models.finetune import LoraSettings, finetune
+from bye.settings import trigger as trigger_from_params
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -78,7 +79,7 @@ def main() -> None:
         results["clean"] = {"accuracy": clean["accuracy"]}
         print(f"clean fine-tune: accuracy {clean['accuracy']:.3f}", flush=True)
         for name in names:
-            trigger = get_trigger(name, **(params.get("attack", {}).get("triggers", {}).get(name) or {}))
+            trigger = trigger_from_params(name, params)
             sub = tmp / name
             poison_submission(args.world / "train.json", args.world / "images", trigger, rate=args.rate,
                               out_dir=sub, truth_json=tmp / f"{name}.truth.json", seed=0)

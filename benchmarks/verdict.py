@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bye.cli import scan_settings
+from bye.settings import scan_settings
 from bye.config import build, load_params
 from bye.data.world import WorldConfig, write_world
 from bye.detect.api import BYEDetector, analyse

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from bye.cli import scan_settings
+from bye.settings import scan_settings
 from bye.config import build, load_params
 from bye.models.finetune import LoraSettings
 
@@ -11,8 +11,11 @@ def test_params_file_builds_every_section(tmp_path):
     params = load_params(Path(__file__).parents[1] / "params.yaml")
     lora, scan = scan_settings(params)
     assert lora == build(LoraSettings, {**params["finetune"], **params["provisional"]})
-    assert scan.method == params["detect"]["method"]
-    assert scan.detector["verdict"]["max_flagged_fraction"] == params["detect"]["detectors"]["bye"]["verdict"]["max_flagged_fraction"]
+    assert scan.method == params["cluster"]["method"]
+    bye = params["cluster"]["detectors"]["bye"]
+    assert scan.detector["verdict"]["max_flagged_fraction"] == bye["verdict"]["max_flagged_fraction"]
+    assert (scan.detector["rule"], scan.detector["tau"]) == (params["profile"]["rule"], params["profile"]["tau"])
+    assert scan.extract.batch_size == params["extract"]["batch_size"]
 
 
 def test_flags_override_params_and_unknown_keys_are_refused():

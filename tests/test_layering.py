@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 MODULES = ["bye.cli", "bye.detect.scan", "bye.detect.api", "bye.data.ingest", "bye.attacks.poison",
-           "bye.models.finetune", "bye.models.evaluate", "bye.metrics"]
+           "bye.models.finetune", "bye.models.evaluate", "bye.metrics", "bye.report", "bye.settings"]
 
 
 def test_the_library_imports_no_orchestration_package():

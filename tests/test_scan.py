@@ -15,7 +15,7 @@ def test_scan_cli_writes_scores_filtered_manifest_and_verdict(tiny_world, tiny_b
     assert result.exit_code == 0, result.output
     params = tmp_path / "params.yaml"
     params.write_text("finetune: {rank: 4, alpha: 8, batch_size: 8, checkpoint_every: 0}\n"
-                      "provisional: {epochs: 1}\ndetect: {batch_size: 8}\n")
+                      "provisional: {epochs: 1}\nextract: {batch_size: 8}\n")
     out = tmp_path / "scan"
     result = runner.invoke(main, ["scan", str(poisoned / "train.json"), "--base", str(tiny_base), "--out", str(out),
                                   "--params", str(params)])

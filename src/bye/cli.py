@@ -11,7 +11,17 @@ from pathlib import Path  # noqa: E402
 
 import click  # noqa: E402
 
-from bye.config import build, load_params  # noqa: E402
+from bye.config import load_params  # noqa: E402
+from bye.settings import (  # noqa: E402
+    attack_settings,
+    base_settings,
+    eval_settings,
+    ingest_settings,
+    lora_settings,
+    scan_settings,
+    trigger,
+    world_settings,
+)
 
 params_option = click.option("--params", "params_path", type=click.Path(dir_okay=False), default=None,
                              help="params.yaml to read (default: ./params.yaml if present).")
@@ -59,19 +69,10 @@ def main() -> None:
 @params_option
 def world(out_dir, n_train, n_test, seed, task, params_path):
     """Generate the embedded image-question world as a submission folder OUT_DIR."""
-    from bye.data.world import WorldConfig, write_world
+    from bye.data.world import write_world
 
-    section = dict(load_params(params_path).get("world", {}))
-    scene = build(WorldConfig, section.pop("scene", {}))
-    counts = write_world(
-        out_dir,
-        n_train=n_train if n_train is not None else section.get("n_train", 2000),
-        n_test=n_test if n_test is not None else section.get("n_test", 500),
-        seed=seed if seed is not None else section.get("seed", 0),
-        task=task or section.get("task", "mixed"),
-        config=scene,
-        progress=True,
-    )
+    settings = world_settings(load_params(params_path), n_train=n_train, n_test=n_test, seed=seed, task=task)
+    counts = write_world(out_dir, **settings, progress=True)
     _echo_json({"out_dir": out_dir, **counts})
 
 
@@ -83,14 +84,9 @@ def world(out_dir, n_train, n_test, seed, task, params_path):
 @params_option
 def base(model_dir, n_images, epochs, seed, params_path):
     """Build and pre-train the embedded tiny LLaVA base model into MODEL_DIR."""
-    from bye.data.world import WorldConfig
-    from bye.models.tiny import PretrainSpec, TinyLlavaSpec, build_base
+    from bye.models.tiny import build_base
 
-    params = load_params(params_path)
-    section = params.get("base", {})
-    spec = build(TinyLlavaSpec, section.get("model"))
-    pretrain = build(PretrainSpec, section.get("pretrain"), n_images=n_images, epochs=epochs, seed=seed)
-    scene = build(WorldConfig, params.get("world", {}).get("scene"))
+    spec, pretrain, scene = base_settings(load_params(params_path), n_images=n_images, epochs=epochs, seed=seed)
     summary = build_base(model_dir, spec, pretrain, scene, progress=True)
     _echo_json({k: summary[k] for k in ("parameters", "vocab_size", "epoch_losses", "train_seconds", "total_seconds")})
 
@@ -108,16 +104,17 @@ def base(model_dir, n_images, epochs, seed, params_path):
 @click.option("--seed", type=int, default=None)
 @click.option("--checkpoint-every", type=int, default=None)
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--provisional", is_flag=True, help="The provisional model BYE reads: params `provisional` "
+              "overrides `finetune`.")
 @params_option
 def finetune(data_json, images_dir, base_dir, out_dir, epochs, learning_rate, batch_size, rank, alpha, dropout,
-             target_modules, train_projector, seed, checkpoint_every, checkpoint_dir, params_path):
+             target_modules, train_projector, seed, checkpoint_every, checkpoint_dir, provisional, params_path):
     """LoRA fine-tune BASE on DATA_JSON; save the adapter to OUT (resumes if interrupted)."""
     from bye.data.submission import images_dir_for
-    from bye.models.finetune import LoraSettings
     from bye.models.finetune import finetune as run_finetune
 
-    settings = build(
-        LoraSettings, load_params(params_path).get("finetune"),
+    settings = lora_settings(
+        load_params(params_path), provisional=provisional,
         epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, rank=rank, alpha=alpha,
         dropout=dropout, train_projector=train_projector, seed=seed, checkpoint_every=checkpoint_every,
         target_modules=tuple(target_modules.split(",")) if target_modules else None,
@@ -146,22 +143,15 @@ def evaluate(test_json, images_dir, base_dir, adapter_dir, out_json, predictions
              params_path):
     """Greedy-decode TEST_JSON and score it; write metrics JSON to OUT."""
     from bye.data.submission import images_dir_for
-    from bye.models.evaluate import EvalSettings, run_evaluation
+    from bye.models.evaluate import run_evaluation
 
     params = load_params(params_path)
-    settings = build(EvalSettings, params.get("eval"), batch_size=batch_size)
-    trigger = _trigger(attack, params) if attack else None
+    settings = eval_settings(params, batch_size=batch_size)
+    chosen = trigger(attack, params) if attack else None
     metrics = run_evaluation(test_json, images_dir or images_dir_for(test_json), base_dir, adapter_dir,
-                             settings, trigger=trigger, target=target or params.get("attack", {}).get("target"),
+                             settings, trigger=chosen, target=target or params.get("attack", {}).get("target"),
                              out_json=out_json, predictions_csv=predictions_csv)
     _echo_json(metrics)
-
-
-def _trigger(name: str, params: dict):
-    """A registered trigger with its parameters from ``params.yaml`` (section ``attack.triggers``)."""
-    from bye.attacks import get_trigger
-
-    return get_trigger(name, **(params.get("attack", {}).get("triggers", {}).get(name) or {}))
 
 
 @main.command()
@@ -176,41 +166,22 @@ def _trigger(name: str, params: dict):
 @params_option
 def poison(data_json, images_dir, attack, rate, target, out_dir, truth_json, seed, params_path):
     """Write a poisoned copy of DATA_JSON as a submission folder, ground truth apart."""
-    from bye.attacks.poison import DEFAULT_TARGET, poison_submission
+    from bye.attacks.poison import poison_submission
     from bye.data.submission import images_dir_for
 
     params = load_params(params_path)
-    section = params.get("attack", {})
     try:
-        result = poison_submission(
-            data_json, images_dir or images_dir_for(data_json), _trigger(attack, params),
-            rate=rate if rate is not None else section.get("rate", 0.1),
-            target=target or section.get("target", DEFAULT_TARGET),
-            out_dir=out_dir, truth_json=truth_json,
-            seed=seed if seed is not None else section.get("seed", 0),
-        )
+        result = poison_submission(data_json, images_dir or images_dir_for(data_json), trigger(attack, params),
+                                   out_dir=out_dir, truth_json=truth_json,
+                                   **attack_settings(params, rate=rate, target=target, seed=seed))
     except ValueError as error:
         raise click.UsageError(str(error)) from error
     _echo_json({"attack": attack, "n_samples": result.n_samples, "n_poisoned": result.n_poisoned, "out": out_dir})
 
 
-def scan_settings(params: dict, *, method: str | None = None, epochs: float | None = None):
-    """(provisional fine-tune settings, scan settings) from params: ``provisional`` overrides ``finetune``."""
-    from bye.detect.scan import ScanSettings
-    from bye.models.finetune import LoraSettings
-
-    finetune_values = {**params.get("finetune", {}), **params.get("provisional", {})}
-    lora = build(LoraSettings, finetune_values, epochs=epochs)
-    detect = params.get("detect", {})
-    chosen = method or detect.get("method", "bye")
-    scan = ScanSettings(method=chosen, detector=detect.get("detectors", {}).get(chosen, {}),
-                        batch_size=detect.get("batch_size", 16), chunk_size=detect.get("chunk_size", 256))
-    return lora, scan
-
-
 @main.command()
 @manifest_model_options
-@click.option("--method", type=str, default=None, help="Detector name (params: detect.method; default bye).")
+@click.option("--method", type=str, default=None, help="Detector name (params: cluster.method; default bye).")
 @click.option("--epochs", type=float, default=None, help="Provisional fine-tune epochs (params: provisional.epochs).")
 @params_option
 def scan(data_json, images_dir, base_dir, out_dir, method, epochs, params_path):
@@ -225,6 +196,53 @@ def scan(data_json, images_dir, base_dir, out_dir, method, epochs, params_path):
                                        "timings_seconds")})
 
 
+@main.command()
+@manifest_model_options
+@click.option("--adapter", "adapter_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="The provisional model's LoRA adapter.")
+@params_option
+def extract(data_json, images_dir, base_dir, out_dir, adapter_dir, params_path):
+    """Per-layer attention entropy of every sample: write entropy.csv and attention.npz to OUT."""
+    from bye.data.submission import images_dir_for
+    from bye.detect.scan import extract_submission
+
+    _, settings = scan_settings(load_params(params_path))
+    record = extract_submission(data_json, images_dir or images_dir_for(data_json), base_dir, adapter_dir, out_dir,
+                                settings=settings.extract)
+    _echo_json(record)
+
+
+@main.command()
+@click.argument("entropy_csv", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@params_option
+def profile(entropy_csv, out_dir, params_path):
+    """Fit two Gaussians per layer; write profile.json (the sensitive layers) to OUT."""
+    from bye.detect.scan import profile_submission
+
+    _, settings = scan_settings(load_params(params_path))
+    record = profile_submission(entropy_csv, out_dir, settings=settings.profile)
+    _echo_json({"rule": record["rule"], "sensitive_layers": record["sensitive_layers"]})
+
+
+@main.command()
+@manifest_options
+@click.option("--entropy", "entropy_csv", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option("--profile", "profile_json", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="profile.json of the profile stage (BYE profiles the layers itself without it).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--method", type=str, default=None, help="Detector name (params: cluster.method; default bye).")
+@params_option
+def cluster(data_json, images_dir, entropy_csv, profile_json, out_dir, method, params_path):
+    """Score and flag every sample, decide the verdict: write scores.csv, filtered.json, verdict.json to OUT."""
+    from bye.detect.scan import cluster_submission
+
+    _, settings = scan_settings(load_params(params_path), method=method)
+    record = cluster_submission(data_json, entropy_csv, out_dir, profile_json=profile_json, method=settings.method,
+                                detector=settings.detector)
+    _echo_json({k: record[k] for k in ("verdict", "method", "n_samples", "n_flagged", "sensitive_layers", "reasons")})
+
+
 @main.command(name="ingest")
 @click.argument("path", type=click.Path(exists=True))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
@@ -233,13 +251,11 @@ def scan(data_json, images_dir, base_dir, out_dir, method, epochs, params_path):
 @params_option
 def ingest_command(path, out_dir, max_rejected_fraction, params_path):
     """Safely ingest an untrusted submission folder or archive into OUT (manifest.json, rejected.csv)."""
-    from bye.data.ingest import IngestLimits, SubmissionError, ingest
+    from bye.data.ingest import SubmissionError, ingest
 
-    section = dict(load_params(params_path).get("ingest", {}))
-    configured_bound = section.pop("max_rejected_fraction", 0.05)  # a CLI knob, not an IngestLimits field
-    bound = max_rejected_fraction if max_rejected_fraction is not None else configured_bound
+    limits, bound = ingest_settings(load_params(params_path), max_rejected_fraction=max_rejected_fraction)
     try:
-        report = ingest(path, out_dir, limits=build(IngestLimits, section))
+        report = ingest(path, out_dir, limits=limits)
     except SubmissionError as error:
         raise click.ClickException(str(error)) from error
     _echo_json({"accepted": len(report.accepted), "rejected": len(report.rejected),

@@ -9,7 +9,9 @@ under ``images/``) or a ``.zip`` / ``.tar.gz`` archive of one, extracted with ca
 letting any entry land outside the extraction folder.
 
 Output (``out_dir``): ``manifest.json`` (accepted records, normalised; every image re-encoded as
-RGB PNG under ``images/<sha256>.png``) and ``rejected.csv`` (``index, id, reason``).
+RGB PNG under ``images/<sha256>.png``), ``rejected.csv`` (``index, id, reason``) and
+``ingest.json`` (counts and the submission's fingerprint: the sha256 of ``manifest.json``, which
+names every image by its content hash, so it identifies the accepted content exactly).
 
 Image rules: RGB kept; L, LA, P, RGBA (composited on white), CMYK, YCbCr and 16-bit greyscale
 converted to RGB; animated images (more than one frame), images over ``max_pixels`` (a
@@ -35,7 +37,7 @@ from pathlib import Path
 from PIL import Image
 
 from bye.data.submission import IMAGE_TOKEN, Sample, write_manifest
-from bye.io import atomic_write_text
+from bye.io import atomic_write_json, atomic_write_text
 
 MANIFEST_NAMES = ("train.json", "train.jsonl")
 # Only plain raster decoders: some PIL plugins (EPS) hand the file to external programs.
@@ -58,6 +60,7 @@ class IngestLimits:
 class IngestReport:
     accepted: list[Sample] = field(default_factory=list)
     rejected: list[tuple[int, str, str]] = field(default_factory=list)  # (index, id, reason)
+    fingerprint: str = ""  # sha256 of the normalised manifest (whose image names are content hashes)
 
     @property
     def rejected_fraction(self) -> float:
@@ -318,9 +321,13 @@ def ingest(path: str | Path, out_dir: str | Path, *, limits: IngestLimits = Inge
         (images_out / name).write_bytes(buffer.getvalue())
         report.accepted.append(Sample(id=sample_id, image=name, question=question, answer=answer))
     write_manifest(report.accepted, out / "manifest.json")
+    report.fingerprint = hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
     table = io.StringIO()
     writer = csv.writer(table)
     writer.writerow(["index", "id", "reason"])
     writer.writerows(report.rejected)
     atomic_write_text(out / "rejected.csv", table.getvalue())
+    atomic_write_json(out / "ingest.json", {"fingerprint": report.fingerprint, "accepted": len(report.accepted),
+                                            "rejected": len(report.rejected),
+                                            "rejected_fraction": report.rejected_fraction})
     return report

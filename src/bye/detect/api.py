@@ -30,6 +30,8 @@ class SampleFeatures:
 
     entropy: ``(N, L)`` per-layer attention entropy over the image tokens.
     attention: ``(N, L, K)`` per-layer image-attention rows (optional).
+    extra: anything else; BYE reads ``extra["profile"]``, a precomputed :class:`LayerProfile`
+        (the pipeline's ``profile`` stage), instead of profiling the layers itself.
     """
 
     ids: list[str]
@@ -104,10 +106,7 @@ class BYEAnalysis:
 
     def to_dict(self) -> dict:
         return {
-            "rule": self.profile.rule,
-            "tau": self.profile.tau,
-            "sensitive_layers": self.profile.sensitive_layers,
-            "layers": [s.to_dict() for s in self.profile.layers],
+            **self.profile.to_dict(),
             "clusters": self.clusters.summary(),
             "verdict": self.verdict.label,
             "verdict_reasons": list(self.verdict.reasons),
@@ -115,10 +114,14 @@ class BYEAnalysis:
         }
 
 
-def analyse(entropy: np.ndarray, settings: BYESettings = BYESettings()) -> BYEAnalysis:
-    """Every step of BYE on an ``(N, L)`` entropy table: profile, score, cluster, verdict."""
+def analyse(entropy: np.ndarray, settings: BYESettings = BYESettings(),
+            profile: LayerProfile | None = None) -> BYEAnalysis:
+    """Every step of BYE on an ``(N, L)`` entropy table: profile (unless given), score, cluster, verdict."""
     entropy = np.asarray(entropy, dtype=np.float64)
-    profile = profile_layers(entropy, rule=settings.rule, tau=settings.tau, seed=settings.seed)
+    if profile is None:
+        profile = profile_layers(entropy, rule=settings.rule, tau=settings.tau, seed=settings.seed)
+    elif len(profile.layers) != entropy.shape[1]:
+        raise ValueError(f"the profile has {len(profile.layers)} layers, the entropy table {entropy.shape[1]}")
     layers = profile.sensitive_layers or list(range(entropy.shape[1]))
     with warnings.catch_warnings():  # an all-NaN row (no visible image token) stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -140,7 +143,7 @@ class BYEDetector(Detector):
     def detect(self, features: SampleFeatures) -> DetectionResult:
         if features.entropy is None:
             raise ValueError("the BYE detector needs the per-layer entropy table")
-        analysis = analyse(features.entropy, self.settings)
+        analysis = analyse(features.entropy, self.settings, features.extra.get("profile"))
         flagged = analysis.clusters.flagged.copy()
         if self.settings.use_verdict and not analysis.verdict.poisoned:
             flagged[:] = False

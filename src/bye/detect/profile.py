@@ -46,6 +46,21 @@ class LayerProfile:
     def sensitive_layers(self) -> list[int]:
         return [s.layer for s in self.layers if s.sensitive]
 
+    def to_dict(self) -> dict:
+        return {"rule": self.rule, "tau": self.tau, "sensitive_layers": self.sensitive_layers,
+                "layers": [s.to_dict() for s in self.layers]}
+
+    @classmethod
+    def from_dict(cls, record: dict) -> LayerProfile:
+        """The inverse of :meth:`to_dict` (non-finite numbers may come back as strings: "nan")."""
+        def pair(values):
+            return tuple(float(v) for v in values)
+
+        layers = tuple(LayerStats(int(s["layer"]), pair(s["means"]), pair(s["sigmas"]), pair(s["weights"]),
+                                  float(s["gap"]), float(s["bsi"]), float(s["code_margin"]), bool(s["sensitive"]))
+                       for s in record["layers"])
+        return cls(rule=record["rule"], tau=float(record["tau"]), layers=layers)
+
 
 def fit_two_gaussians(values: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(means, sigmas, weights) of a two-component mixture, sorted by mean; NaNs are left out."""

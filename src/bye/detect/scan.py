@@ -1,16 +1,29 @@
-"""Scan one submission end to end: provisional fine-tune, attention, entropy, detector, outputs.
+"""Scan one submission: the pipeline's detection stages as plain functions on files.
 
-Writes into ``out_dir``:
+Each step reads the previous step's files and writes its own, so the pipeline can run, cache
+and resume them one at a time (``extract`` -> ``profile`` -> ``cluster``), and
+:func:`scan_submission` chains them after the provisional fine-tune for one-shot use.
 
-* ``scores.csv``    one row per input sample: ``id, score, flagged, mean_entropy, entropy_l0..``
-                    (``score``: higher = more suspicious);
-* ``filtered.json`` the submission minus the flagged samples, same LLaVA format;
-* ``verdict.json``  ``"verdict": "poisoned" | "clean"``, counts, sensitive layers, thresholds;
-* ``provisional_adapter/`` the LoRA adapter the attention was read from.
+``extract`` writes into its folder:
+
+* ``entropy.csv``    one row per sample: ``id, entropy_l0 .. entropy_l{L-1}`` (nats);
+* ``attention.npz``  ``ids``, ``attention`` (N x L x K float16 image-attention rows), ``grid``
+                     (the image-token grid ``[h, w]``), for the report's heatmaps;
+* ``extract.json``   sizes and timing.
+
+``profile`` writes ``profile.json`` (per-layer two-Gaussian statistics, sensitive layers).
+
+``cluster`` writes:
+
+* ``scores.csv``     one row per sample: ``id, score, flagged, mean_entropy, entropy_l0..``
+                     (``score``: higher = more suspicious);
+* ``filtered.json``  the submission minus the flagged samples, same LLaVA format;
+* ``verdict.json``   ``"verdict": "poisoned" | "clean"``, counts, sensitive layers, reasons.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +33,7 @@ import numpy as np
 from bye.data.submission import Sample, read_manifest, resolve_image, write_manifest
 from bye.detect.api import SampleFeatures, get_detector
 from bye.detect.extract import image_attention, layer_entropy
+from bye.detect.profile import LayerProfile, profile_layers
 from bye.io import atomic_write_json, atomic_write_text
 from bye.models.chat import open_rgb
 from bye.models.finetune import LoraSettings, finetune
@@ -27,28 +41,114 @@ from bye.models.loading import load_for_inference
 
 
 @dataclass(frozen=True)
+class ExtractSettings:
+    batch_size: int = 16
+    chunk_size: int = 256  # images held in memory at once
+    keep_attention: bool = True  # float16 maps for the report
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    rule: str = "code"  # "code": |mu1-mu2| > 2(s1+s2); "paper": BSI >= tau
+    tau: float = 2.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class ScanSettings:
     method: str = "bye"
     detector: dict = field(default_factory=dict)  # settings of the selected detector
-    batch_size: int = 16
-    chunk_size: int = 256  # images held in memory at once during extraction
+    extract: ExtractSettings = ExtractSettings()
+    profile: ProfileSettings = ProfileSettings()
 
 
-def extract_entropy(model, processor, samples: list[Sample], images_dir: str | Path, *, batch_size: int = 16,
-                    chunk_size: int = 256, progress: bool = True) -> np.ndarray:
-    """``(N, L)`` per-layer entropy of the last prompt position's attention over image tokens."""
+# ------------------------------------------------------------------------------------- extract
+
+
+def extract_attention(model, processor, samples: list[Sample], images_dir: str | Path, *,
+                      settings: ExtractSettings = ExtractSettings(), progress: bool = True):
+    """``(entropy (N, L), maps (N, L, K) float16 or None)`` for the samples, in chunks."""
     from tqdm.auto import tqdm
 
-    tables = []
+    tables, maps = [], []
     bar = tqdm(total=len(samples), desc="attention", disable=not progress, unit="sample")
-    for start in range(0, len(samples), chunk_size):
-        chunk = samples[start:start + chunk_size]
+    for start in range(0, len(samples), settings.chunk_size):
+        chunk = samples[start:start + settings.chunk_size]
         images = [open_rgb(resolve_image(images_dir, s.image)) for s in chunk]
-        attention = image_attention(model, processor, images, [s.question for s in chunk], batch_size=batch_size)
+        attention = image_attention(model, processor, images, [s.question for s in chunk],
+                                    batch_size=settings.batch_size, keep_maps=settings.keep_attention)
         tables.append(layer_entropy(attention.attention))
+        if settings.keep_attention:
+            maps.append(attention.maps)
         bar.update(len(chunk))
     bar.close()
-    return np.concatenate(tables) if tables else np.zeros((0, 0))
+    entropy = np.concatenate(tables) if tables else np.zeros((0, 0))
+    if not maps:
+        return entropy, None
+    width = max(m.shape[-1] for m in maps)  # chunks of variable image-token counts (NaN-padded)
+    padded = [np.pad(m, ((0, 0), (0, 0), (0, width - m.shape[-1])), constant_values=np.nan) for m in maps]
+    return entropy, np.concatenate(padded)
+
+
+def entropy_table(ids: list[str], entropy: np.ndarray) -> str:
+    import pandas as pd
+
+    frame = pd.DataFrame({"id": ids})
+    for layer in range(entropy.shape[1]):
+        frame[f"entropy_l{layer}"] = entropy[:, layer]
+    return frame.to_csv(index=False, float_format="%.6g")
+
+
+def read_entropy(entropy_csv: str | Path) -> tuple[list[str], np.ndarray]:
+    import pandas as pd
+
+    frame = pd.read_csv(entropy_csv, dtype={"id": str}, keep_default_na=False, na_values=["", "nan", "NaN"])
+    return frame["id"].tolist(), frame.filter(like="entropy_l").to_numpy(dtype=np.float64)
+
+
+def image_grid(n_tokens: int) -> list[int]:
+    """The image-token grid ``[h, w]`` for heatmaps: square when it can be, else one row."""
+    side = math.isqrt(n_tokens)
+    return [side, side] if side * side == n_tokens else [1, n_tokens]
+
+
+def extract_submission(data_json: str | Path, images_dir: str | Path, base_dir: str | Path,
+                       adapter_dir: str | Path | None, out_dir: str | Path, *,
+                       settings: ExtractSettings = ExtractSettings(), progress: bool = True) -> dict:
+    """Read every sample's attention with the provisional model; write entropy.csv (+ attention.npz)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = read_manifest(data_json)
+    began = time.perf_counter()
+    model, processor = load_for_inference(base_dir, adapter_dir)
+    entropy, maps = extract_attention(model, processor, samples, images_dir, settings=settings, progress=progress)
+    ids = [s.id for s in samples]
+    atomic_write_text(out / "entropy.csv", entropy_table(ids, entropy))
+    n_tokens = int(maps.shape[-1]) if maps is not None else 0
+    if maps is not None:
+        tmp = out / ".attention.tmp.npz"
+        np.savez_compressed(tmp, ids=np.array(ids), attention=maps, grid=np.array(image_grid(n_tokens)))
+        tmp.replace(out / "attention.npz")
+    record = {"n_samples": len(ids), "n_layers": int(entropy.shape[1]) if entropy.ndim == 2 else 0,
+              "n_image_tokens": n_tokens, "seconds": time.perf_counter() - began, "settings": asdict(settings)}
+    atomic_write_json(out / "extract.json", record)
+    return record
+
+
+# ------------------------------------------------------------------------------------- profile
+
+
+def profile_submission(entropy_csv: str | Path, out_dir: str | Path, *,
+                       settings: ProfileSettings = ProfileSettings()) -> dict:
+    """Which layers split the submission in two: write profile.json."""
+    _, entropy = read_entropy(entropy_csv)
+    profile = profile_layers(entropy, rule=settings.rule, tau=settings.tau, seed=settings.seed)
+    record = _jsonable(profile.to_dict())
+    atomic_write_json(Path(out_dir) / "profile.json", record)
+    return record
+
+
+# ------------------------------------------------------------------------------------- cluster
 
 
 def scores_table(ids: list[str], scores: np.ndarray, flagged: np.ndarray, entropy: np.ndarray,
@@ -63,30 +163,24 @@ def scores_table(ids: list[str], scores: np.ndarray, flagged: np.ndarray, entrop
     return frame.to_csv(index=False, float_format="%.6g")
 
 
-def scan_submission(data_json: str | Path, images_dir: str | Path, base_dir: str | Path, out_dir: str | Path, *,
-                    finetune_settings: LoraSettings = LoraSettings(), settings: ScanSettings = ScanSettings(),
-                    progress: bool = True) -> dict:
-    """Run the whole scan; return the verdict record (also written to ``verdict.json``)."""
+def cluster_submission(data_json: str | Path, entropy_csv: str | Path, out_dir: str | Path, *,
+                       profile_json: str | Path | None = None, method: str = "bye",
+                       detector: dict | None = None) -> dict:
+    """Score, flag and decide: write scores.csv, filtered.json and verdict.json; return the verdict."""
+    import json
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples = read_manifest(data_json)
-    timings = {}
+    ids, entropy = read_entropy(entropy_csv)
+    if ids != [s.id for s in samples]:
+        raise ValueError(f"{entropy_csv} does not list the samples of {data_json} in order")
+    extra = {}
+    if profile_json is not None:
+        extra["profile"] = LayerProfile.from_dict(json.loads(Path(profile_json).read_text()))
     began = time.perf_counter()
-    adapter = out / "provisional_adapter"
-    finetune(data_json, images_dir, base_dir, adapter, finetune_settings, progress=progress, samples=samples)
-    timings["provisional_finetune"] = time.perf_counter() - began
-
-    began = time.perf_counter()
-    model, processor = load_for_inference(base_dir, adapter)
-    entropy = extract_entropy(model, processor, samples, images_dir, batch_size=settings.batch_size,
-                              chunk_size=settings.chunk_size, progress=progress)
-    timings["extract"] = time.perf_counter() - began
-
-    began = time.perf_counter()
-    ids = [s.id for s in samples]
-    result = get_detector(settings.method, **settings.detector).detect(SampleFeatures(ids=ids, entropy=entropy))
-    timings["detect"] = time.perf_counter() - began
-
+    result = get_detector(method, **(detector or {})).detect(SampleFeatures(ids=ids, entropy=entropy, extra=extra))
+    seconds = time.perf_counter() - began
     mean_entropy = result.details.pop("mean_entropy", None)
     atomic_write_text(out / "scores.csv", scores_table(ids, result.scores, result.flagged, entropy, mean_entropy))
     write_manifest([s for s, f in zip(samples, result.flagged) if not f], out / "filtered.json")
@@ -98,12 +192,45 @@ def scan_submission(data_json: str | Path, images_dir: str | Path, base_dir: str
         "n_kept": int((~result.flagged).sum()),
         "removed_fraction": float(result.flagged.mean()) if len(samples) else 0.0,
         "sensitive_layers": result.details.get("sensitive_layers", []),
+        "reasons": result.details.get("verdict_reasons", []),
         "thresholds": result.details.get("settings", {}),
         "details": result.details,
-        "timings_seconds": timings,
-        "provisional_finetune": asdict(finetune_settings),
+        "seconds": seconds,
     }
-    atomic_write_json(out / "verdict.json", _jsonable(record))
+    record = _jsonable(record)
+    atomic_write_json(out / "verdict.json", record)
+    return record
+
+
+# ------------------------------------------------------------------------------------- one shot
+
+
+def scan_submission(data_json: str | Path, images_dir: str | Path, base_dir: str | Path, out_dir: str | Path, *,
+                    finetune_settings: LoraSettings = LoraSettings(), settings: ScanSettings = ScanSettings(),
+                    progress: bool = True) -> dict:
+    """Provisional fine-tune, extract, profile, cluster into one folder; return the verdict record.
+
+    ``out_dir`` also holds ``provisional_adapter/``, the LoRA adapter the attention was read from.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    began = time.perf_counter()
+    adapter = out / "provisional_adapter"
+    finetune(data_json, images_dir, base_dir, adapter, finetune_settings, progress=progress)
+    timings["provisional_finetune"] = time.perf_counter() - began
+    timings["extract"] = extract_submission(data_json, images_dir, base_dir, adapter, out, settings=settings.extract,
+                                            progress=progress)["seconds"]
+    profile_json = None
+    if settings.method == "bye":
+        profile_submission(out / "entropy.csv", out, settings=settings.profile)
+        profile_json = out / "profile.json"
+    record = cluster_submission(data_json, out / "entropy.csv", out, profile_json=profile_json,
+                                method=settings.method, detector=settings.detector)
+    timings["detect"] = record.pop("seconds")
+    record["timings_seconds"] = timings
+    record["provisional_finetune"] = asdict(finetune_settings)
+    atomic_write_json(out / "verdict.json", record)
     return record
 
 
