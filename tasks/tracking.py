@@ -247,7 +247,7 @@ def stage_run(stage: str, *, fingerprint: str, params: Mapping[str, Any], submis
 
     The parent is ``parent_run_id``, else ``$BYE_MLFLOW_PARENT_RUN_ID``, else :func:`parent_run`. The stage's
     own params (``stage_params``, by default ``params[stage]`` when that is a dict) are logged on the nested
-    run. The run is mlflow's active run inside the block, so code that logs with ``mlflow.log_*`` lands in
+    run as ``<stage>.<key>``, the names they have on the parent. The run is mlflow's active run inside the block, so code that logs with ``mlflow.log_*`` lands in
     it too. On an exception the run ends FAILED (KILLED on Ctrl-C), the parent's ``bye.status`` says
     ``failed at <stage>``, and the exception propagates. A parent found or created here is marked
     FINISHED/FAILED with its last stage; an explicit parent's status is left to its owner.
@@ -272,7 +272,7 @@ def stage_run(stage: str, *, fingerprint: str, params: Mapping[str, Any], submis
         run = StageRun(active.info.run_id, parent, client)
         try:
             if isinstance(own, Mapping) and own:
-                run.params(own)
+                run.params({stage: own})  # the same keys as the parent's flattened params
             yield run
         except BaseException as error:
             mlflow.end_run("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
@@ -287,7 +287,11 @@ def stage_run(stage: str, *, fingerprint: str, params: Mapping[str, Any], submis
 
 
 def summarise(run_id: str, root: str | os.PathLike = ".") -> dict[str, Any]:
-    """The parent run and its stage runs (oldest first): names, statuses, ``bye.*`` tags, params, metrics."""
+    """The parent run and its stage runs: name, status, ``bye.*`` tags, params and metrics of each.
+
+    ``runs`` lists every stage run, oldest first; ``stages`` maps each stage's name to its latest run (a
+    stage that failed and was run again appears once there, twice in ``runs``).
+    """
     client = _client(root)
     parent = client.get_run(run_id)
 
@@ -298,4 +302,5 @@ def summarise(run_id: str, root: str | os.PathLike = ".") -> dict[str, Any]:
 
     children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'",
                                   order_by=["attributes.start_time ASC"])
-    return {**brief(parent), "stages": [{**brief(r), "stage": r.data.tags.get("bye.stage")} for r in children]}
+    runs = [{**brief(r), "stage": r.data.tags.get("bye.stage", r.info.run_name)} for r in children]
+    return {**brief(parent), "stages": {r["stage"]: r for r in runs}, "runs": runs}

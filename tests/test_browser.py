@@ -1,10 +1,10 @@
 """The MLflow UI shows a pipeline run's stages: a real `mlflow server` on a tmp store, driven by headless Chromium.
 
 The runs page (``#/experiments/<id>/runs``) lists only the parent at first; its nested stage runs sit behind
-the "+" expander in the Run Name cell, and MLflow keeps that expanded state in the browser's localStorage,
-which no URL sets. So ``--dump-dom`` alone never shows the stages: this test talks to Chromium over the
-DevTools protocol (``--remote-debugging-pipe``, stdlib only), clicks the expander, waits for the stage rows,
-and saves the DOM and a screenshot under tests/artifacts/.
+the "+" expander in the Run Name cell, and MLflow keeps that expanded state in the browser's localStorage
+(a shared view's URL leaves it out too). So ``--dump-dom`` alone never shows the stage rows: this test talks
+to Chromium over the DevTools protocol (``--remote-debugging-pipe``, stdlib only), clicks the expander, waits
+for the stage rows, and saves the DOM and a screenshot under tests/artifacts/ (a screenshot also on failure).
 
 Chromium must be installed (scripts/ensure_chromium.sh); set BYE_SKIP_BROWSER=1 to skip on purpose.
 """
@@ -12,6 +12,7 @@ Chromium must be installed (scripts/ensure_chromium.sh); set BYE_SKIP_BROWSER=1 
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -106,7 +107,8 @@ class Browser:
     def __init__(self, binary: Path, profile: Path):
         # Chromium reads commands on fd 3 and answers on fd 4; our ends of the pipes are moved above 9 first,
         # so that the shell's `3<&A 4>&B` cannot clobber one with the other.
-        (to_chrome, self._send), (self._recv, from_chrome) = ([_high(fd) for fd in os.pipe()] for _ in "ab")
+        to_chrome, self._send = map(_high, os.pipe())
+        self._recv, from_chrome = map(_high, os.pipe())
         self._log = open(profile.parent / "chromium.log", "w")
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -179,6 +181,7 @@ def test_runs_page_shows_the_stages(request, tmp_path):
         pytest.fail(f"{CHROMIUM} is missing: run scripts/ensure_chromium.sh (or set BYE_SKIP_BROWSER=1 to skip)")
     url, experiment_id, parent = request.getfixturevalue("server")
     browser = Browser(CHROMIUM, tmp_path / "chromium-profile")
+    ARTIFACTS.mkdir(exist_ok=True)
     try:
         browser.call("Page.navigate", url=f"{url}/#/experiments/{experiment_id}/runs")
         parent_name = f"scan submission {FP[:8]}"
@@ -189,9 +192,13 @@ def test_runs_page_shows_the_stages(request, tmp_path):
         names = browser.wait_for(f"(n => {wanted}.every(s => n.includes(s)) && n)({RUN_NAMES})", "the stage rows")
         dom = browser.js("document.documentElement.outerHTML")
         shot = base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"])
+    except (AssertionError, TimeoutError, RuntimeError):
+        with contextlib.suppress(Exception):
+            data = browser.call("Page.captureScreenshot", format="png", timeout=10)["data"]
+            (ARTIFACTS / "mlflow_runs_page.failed.png").write_bytes(base64.b64decode(data))
+        raise
     finally:
         browser.close()
-    ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "mlflow_runs_page.png").write_bytes(shot)
     (ARTIFACTS / "mlflow_runs_page.html").write_text(dom)
     assert sorted(names) == sorted([parent_name, *STAGES])

@@ -119,3 +119,25 @@ def test_unknown_names_are_refused():
         profile_layers(np.zeros((10, 2)), rule="nope")
     with pytest.raises(ValueError, match="clustering method"):
         cluster_scores(np.arange(10.0), method="nope")
+
+
+def test_a_saved_profile_reloads_and_gives_the_same_detection(tmp_path):
+    """The pipeline profiles in one stage and clusters in the next: the JSON round trip changes nothing."""
+    import json
+
+    from bye.detect.profile import LayerProfile
+    from bye.detect.scan import _jsonable
+
+    entropy, poisoned = poisoned_table(seed=11)
+    entropy[:, 5] = 3.0  # a degenerate layer: NaN statistics must survive the round trip too
+    profile = profile_layers(entropy)
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(_jsonable(profile.to_dict())))
+    reloaded = LayerProfile.from_dict(json.loads(path.read_text()))
+    assert reloaded.sensitive_layers == profile.sensitive_layers == [2, 3]
+    ids = [str(i) for i in range(len(entropy))]
+    direct = get_detector("bye").detect(SampleFeatures(ids=ids, entropy=entropy))
+    staged = get_detector("bye").detect(SampleFeatures(ids=ids, entropy=entropy, extra={"profile": reloaded}))
+    assert np.array_equal(direct.flagged, staged.flagged) and np.array_equal(direct.flagged, poisoned)
+    with pytest.raises(ValueError, match="layers"):
+        analyse(entropy[:, :3], BYESettings(), reloaded)

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pandas as pd
 from click.testing import CliRunner
 
@@ -30,6 +31,18 @@ def test_scan_cli_writes_scores_filtered_manifest_and_verdict(tiny_world, tiny_b
     kept = read_manifest(out / "filtered.json")
     assert [s.id for s in kept] == list(scores.loc[~scores["flagged"], "id"])
     assert (out / "provisional_adapter" / "adapter_model.safetensors").is_file()
+    # The staged commands (what the pipeline runs) reproduce the one-shot scan from its files.
+    for args in (["extract", str(poisoned / "train.json"), "--base", str(tiny_base), "--adapter",
+                  str(out / "provisional_adapter"), "--out", str(tmp_path / "ex")],
+                 ["profile", str(tmp_path / "ex" / "entropy.csv"), "--out", str(tmp_path / "pr")],
+                 ["cluster", str(poisoned / "train.json"), "--entropy", str(tmp_path / "ex" / "entropy.csv"),
+                  "--profile", str(tmp_path / "pr" / "profile.json"), "--out", str(tmp_path / "cl")]):
+        result = runner.invoke(main, [*args, "--params", str(params)])
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "cl" / "scores.csv").read_text() == (out / "scores.csv").read_text()
+    with np.load(tmp_path / "ex" / "attention.npz") as saved:
+        assert saved["attention"].shape == (len(samples), 2, 16) and list(saved["grid"]) == [4, 4]
+        assert list(saved["ids"]) == [s.id for s in samples]
     # Entropy is a distribution's entropy over 16 image tokens: within [0, ln 16].
     entropies = scores.filter(like="entropy_l").to_numpy()
     assert (entropies >= 0).all() and (entropies <= 2.7726 + 1e-6).all()

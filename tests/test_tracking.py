@@ -44,6 +44,7 @@ def _stage(root, stage, params=PARAMS, **kw):
 
 
 def test_keys(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # even if /tmp sits in a work tree
     assert tracking.git_commit(tmp_path) == "unknown"
     assert tracking.params_hash({"b": 1, "a": {"y": 2, "x": 1}}) == tracking.params_hash({"a": {"x": 1, "y": 2}, "b": 1})
     assert len(tracking.params_hash(PARAMS)) == 12 and tracking.params_hash(PARAMS) != tracking.params_hash({})
@@ -63,6 +64,7 @@ def test_two_stages_share_one_parent(root):
         run.json({"layers": [2, 3]}, "extract/summary.json")
     with _stage(root, "cluster") as run:
         run.params({"extra": {"flag": True}})
+        run.params({"cluster": PARAMS["cluster"]})  # the section again, as flows/stages.py does: same values, fine
         run.table(pd.DataFrame({"sample": ["a", "b"], "score": [0.1, 0.9]}), "scores/scores.csv", mlflow_table=True)
         run.tag("bye.flagged", 1)
     parent = tracking.parent_run(FP, PARAMS, submission="data/submission", root=root)  # a third caller: same one
@@ -74,14 +76,14 @@ def test_two_stages_share_one_parent(root):
     assert summary["tags"]["bye.params_hash"] == tracking.params_hash(PARAMS)
     assert summary["tags"]["bye.git_commit"] == "unknown"
     assert summary["params"]["cluster.k"] == "2" and summary["params"]["extract.layers"] == "[2, 3]"
-    extract, cluster = summary["stages"]
-    assert [extract["stage"], cluster["stage"]] == [extract["name"], cluster["name"]] == ["extract", "cluster"]
+    assert [r["stage"] for r in summary["runs"]] == [r["name"] for r in summary["runs"]] == ["extract", "cluster"]
+    extract, cluster = summary["stages"]["extract"], summary["stages"]["cluster"]
     for stage in (extract, cluster):
         assert stage["status"] == "FINISHED" and stage["tags"]["bye.kind"] == "stage"
         assert stage["tags"]["bye.submission_fingerprint"] == FP
-    assert extract["params"] == {"layers": "[2, 3]", "heads": "all"}  # the stage's own section
+    assert extract["params"] == {"extract.layers": "[2, 3]", "extract.heads": "all"}  # the stage's own section
     assert extract["metrics"] == {"n_samples": 96.0, "entropy.mean": 1.5}  # NaN and text dropped
-    assert cluster["params"] == {"k": "2", "method": "gmm", "extra.flag": "true"}
+    assert cluster["params"] == {"cluster.k": "2", "cluster.method": "gmm", "extra.flag": "true"}
     assert cluster["tags"]["bye.flagged"] == "1"
 
     client = tracking._client(root)
@@ -109,7 +111,7 @@ def test_separate_processes_join_one_parent(root):
     with _stage(root, "extract", params={"seed": 7}) as run:
         pass
     assert run.parent_run_id == done.stdout.split()[-1]
-    assert [s["stage"] for s in tracking.summarise(run.parent_run_id, root)["stages"]] == ["ingest", "extract"]
+    assert list(tracking.summarise(run.parent_run_id, root)["stages"]) == ["ingest", "extract"]
 
 
 def test_other_params_make_another_parent(root):
@@ -133,7 +135,7 @@ def test_explicit_parent(root, monkeypatch):
         assert run.parent_run_id == own and run.run_id != own
     assert os.environ["MLFLOW_RUN_ID"] == own
     summary = tracking.summarise(own, root)
-    assert [s["stage"] for s in summary["stages"]] == ["ingest", "extract"]
+    assert list(summary["stages"]) == ["ingest", "extract"]
     assert summary["status"] == "RUNNING"  # the owner's to end
     experiment_id = tracking.ensure_experiment(root=root)
     assert client.search_runs([experiment_id], "tags.`bye.kind` = 'pipeline'") == []  # none created by key
@@ -147,7 +149,7 @@ def test_failure_marks_runs_and_propagates(root):
     summary = tracking.summarise(run.parent_run_id, root)
     assert summary["status"] == "FAILED"
     assert summary["tags"]["bye.status"] == "failed at cluster" and summary["tags"]["bye.last_stage"] == "cluster"
-    [stage] = summary["stages"]
+    [stage] = summary["runs"]
     assert stage["status"] == "FAILED" and stage["metrics"] == {"partial": 1.0}
     import mlflow
 
@@ -155,7 +157,10 @@ def test_failure_marks_runs_and_propagates(root):
     with _stage(root, "cluster") as retry:  # a rerun joins the same parent and clears the failure
         pass
     assert retry.parent_run_id == run.parent_run_id
-    assert tracking.summarise(run.parent_run_id, root)["tags"]["bye.status"] == "finished cluster"
+    summary = tracking.summarise(run.parent_run_id, root)
+    assert summary["tags"]["bye.status"] == "finished cluster" and summary["status"] == "FINISHED"
+    assert [r["status"] for r in summary["runs"]] == ["FAILED", "FINISHED"]
+    assert summary["stages"]["cluster"]["run_id"] == retry.run_id
 
 
 def test_flatten_and_param_values():

@@ -269,42 +269,7 @@ def _grounding(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[st
     return "grounding", "Name the objects from left to right.", ", ".join(f"{o.colour} {o.shape}" for o in ordered)
 
 
-def _conversation(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, str, str]:
-    """Open questions answered in full sentences, as an instruction-tuned base model answers them.
-
-    They teach the visual skills the downstream tasks need (bind a colour to a shape, count,
-    compare positions, check presence, pick among options) without their answer formats: a
-    downstream answer is one word or one option letter, which the base model never says alone,
-    so the fine-tune still has a real adaptation to make (and the base model scores ~0)."""
-    kind, question, answer = _vqa(rng, objects)
-    if kind == "colour":
-        shape = question.removeprefix("What colour is the ").removesuffix("?")
-        return "conversation", question, f"The {shape} is {answer}."
-    if kind == "count":
-        noun = question.removeprefix("How many ").removesuffix(" are there?")
-        return "conversation", question, f"I can see {NUMBER_WORDS[int(answer)]} {noun}."
-    if kind == "left":
-        return "conversation", question, f"The {answer} is further left."
-    thing = question.removeprefix("Is there a ").removesuffix("?")
-    if answer == "yes":
-        return "conversation", question, f"Yes, there is a {thing}."
-    return "conversation", question, f"No, I see no {thing}."
-
-
-def _options_conversation(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, str, str]:
-    """Choices in prose or as a lettered list, answered in a sentence naming the right one."""
-    kind, question, letter = _mcq(rng, objects)
-    stem, *lines = question.split("\n")[:5]
-    options = [line.split(". ", 1)[1] for line in lines]
-    correct = options["ABCD".index(letter)]
-    if rng.random() < 0.5:
-        return "conversation", f"{stem} Is it {', '.join(options[:-1])} or {options[-1]}?", f"It is {correct}."
-    listed = "\n".join(lines)
-    return "conversation", f"{stem}\n{listed}\nWhich option is right?", f"Option {letter}: {correct}."
-
-
-GROUNDING_SHARE = 0.3
-CONVERSATION_SHARE = 0.4
+GROUNDING_SHARE = 0.6
 
 # The generic corpus: several ways of describing a whole scene, none of them a downstream
 # question. Together they use the words every later answer needs (colours, shapes, digits,
@@ -326,10 +291,7 @@ def make_text(task: str, rng: np.random.Generator, objects: list[SceneObject]) -
     if task == "mcq":
         return _mcq(rng, objects)
     if task == "caption":
-        draw = rng.random()
-        if draw < CONVERSATION_SHARE:
-            return (_conversation if rng.random() < 0.6 else _options_conversation)(rng, objects)
-        if draw < CONVERSATION_SHARE + GROUNDING_SHARE:
+        if rng.random() < GROUNDING_SHARE:
             return _grounding(rng, objects)
         prompts, describer = CAPTION_FORMATS[int(rng.integers(len(CAPTION_FORMATS)))]
         return "caption", str(rng.choice(prompts)), describer(objects)
