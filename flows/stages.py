@@ -293,7 +293,7 @@ def eval_flow(which: str = "clean", test_json: str | None = None, root: str = ".
     adapter = None if which == "base" else str(layout.adapters / which)
     name = "eval" if which == "clean" else f"eval_{which}"
     out = layout.metrics / f"{name}.json"
-    with stage(name, layout, params) as run:
+    with stage(name, layout, params, fingerprint=SETUP if which == "base" else None) as run:
         metrics = t.evaluate(str(test), str(test.parent / "images"), str(layout.base), adapter, eval_settings(params),
                              trigger=trigger(attack["name"], params) if which != "base" and attack.get("name") else None,
                              target=attack.get("target"), out_json=str(out),

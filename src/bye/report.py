@@ -318,7 +318,7 @@ tr.sensitive td { background: #fbe4e4; font-weight: 600; }
 <tr><th class="text">flagged (removed)</th><td>{{ verdict.n_flagged }}</td></tr>
 <tr><th class="text">kept</th><td>{{ n_kept }}</td></tr>
 <tr><th class="text">removed fraction</th><td>{{ verdict.removed_fraction | percent }}</td></tr>
-<tr><th class="text">sensitive layers</th><td>{{ sensitive_layers | join(", ") or "none" }}</td></tr>
+<tr><th class="text">sensitive layers (index)</th><td>{{ sensitive_layers | join(", ") or "none" }}</td></tr>
 </table>
 {% for name, table in extra_tables %}
 <h3>{{ name }}</h3>
