@@ -34,3 +34,46 @@ def tiny_base(tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "base"
     build_base(out, TEST_SPEC, PretrainSpec(n_images=64, epochs=1, batch_size=16), TEST_WORLD, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One real Prefect server on loopback for tests that run stage processes (``dvc repro``):
+    each process would otherwise start its own temporary server (11-25 s each)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from flows.runtime import server_is_up
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    home = tmp_path_factory.mktemp("prefect-home")
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "w")
+    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    api = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180
+    while not server_is_up(api):
+        assert server.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()
+        time.sleep(1)
+    previous = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
+    os.environ.update(PREFECT_API_URL=api, PREFECT_HOME=str(home))
+    try:
+        yield api
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+        log.close()
