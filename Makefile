@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-threat bench-verdict clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-threat bench-verdict bench-matrix clean prefect-server ui
 
 install: $(STAMP)
 
@@ -39,7 +39,7 @@ prefect-server: $(STAMP)
 	@$(PREFECT_UP) && echo "Prefect server: $(PREFECT_API) (UI http://127.0.0.1:4200)"
 
 demo: prefect-server
-	PREFECT_API_URL=$(PREFECT_API) $(BIN)/dvc repro
+	PREFECT_API_URL=$(PREFECT_API) $(BIN)/dvc repro dvc.yaml
 	$(BIN)/dvc metrics show
 	@echo "Report: reports/report/report.html   Audit trail: make ui (MLflow at http://127.0.0.1:5000)"
 
@@ -53,7 +53,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 # Benchmarks write benchmarks/results/*.json and *.md (machine described inside); never run in CI.
-bench: bench-extract bench-threat bench-verdict
+bench: bench-extract bench-threat bench-verdict bench-matrix
 
 # Needs the demo's world and base model (dvc repro world base).
 bench-threat: $(STAMP)
@@ -62,6 +62,11 @@ bench-threat: $(STAMP)
 
 bench-extract: $(STAMP)
 	$(BIN)/python benchmarks/extract.py
+
+# Every trigger x poison rate x detector, cached per cell by DVC (benchmarks/dvc.yaml).
+bench-matrix: $(STAMP)
+	$(BIN)/dvc repro dvc.yaml:world dvc.yaml:base
+	$(BIN)/dvc repro benchmarks/dvc.yaml
 
 # False alarms: scans clean worlds of other seeds with the demo's base model.
 bench-verdict: $(STAMP)

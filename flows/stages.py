@@ -233,7 +233,7 @@ def cluster_flow(root: str = ".", params_path: str = "params.yaml",
     manifest = layout.ingested / "manifest.json"
     with stage("cluster", layout, params) as run:
         profile_json = layout.profile / "profile.json"
-        verdict = t.cluster(str(manifest), str(layout.extract / "entropy.csv"), str(layout.cluster),
+        verdict = t.cluster(str(manifest), str(layout.extract), str(layout.cluster),
                             str(profile_json) if settings.method == "bye" else None, settings.method,
                             settings.detector)
         run.tag("verdict", verdict["verdict"])

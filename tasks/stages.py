@@ -65,11 +65,11 @@ def profile(entropy_csv: str, out_dir: str, settings) -> dict:
 
 
 @task(cache_policy=NONE)
-def cluster(data_json: str, entropy_csv: str, out_dir: str, profile_json: str | None, method: str,
+def cluster(data_json: str, extract_dir: str, out_dir: str, profile_json: str | None, method: str,
             detector: dict) -> dict:
     from bye.detect.scan import cluster_submission
 
-    return cluster_submission(data_json, entropy_csv, out_dir, profile_json=profile_json, method=method,
+    return cluster_submission(data_json, extract_dir, out_dir, profile_json=profile_json, method=method,
                               detector=detector)
 
 

@@ -35,7 +35,7 @@ def test_scan_cli_writes_scores_filtered_manifest_and_verdict(tiny_world, tiny_b
     for args in (["extract", str(poisoned / "train.json"), "--base", str(tiny_base), "--adapter",
                   str(out / "provisional_adapter"), "--out", str(tmp_path / "ex")],
                  ["profile", str(tmp_path / "ex" / "entropy.csv"), "--out", str(tmp_path / "pr")],
-                 ["cluster", str(poisoned / "train.json"), "--entropy", str(tmp_path / "ex" / "entropy.csv"),
+                 ["cluster", str(poisoned / "train.json"), "--features", str(tmp_path / "ex"),
                   "--profile", str(tmp_path / "pr" / "profile.json"), "--out", str(tmp_path / "cl")]):
         result = runner.invoke(main, [*args, "--params", str(params)])
         assert result.exit_code == 0, result.output
@@ -67,3 +67,21 @@ def test_world_cli_is_deterministic(tmp_path):
         result = runner.invoke(main, ["world", str(tmp_path / name), "--n-train", "5", "--n-test", "2", "--seed", "3"])
         assert result.exit_code == 0, result.output
     assert (tmp_path / "a" / "train.json").read_bytes() == (tmp_path / "b" / "train.json").read_bytes()
+
+
+def test_scan_with_a_baseline_detector_extracts_the_signals_it_needs(tiny_world, tiny_base, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("finetune: {rank: 4, alpha: 8, batch_size: 8, checkpoint_every: 0}\n"
+                      "provisional: {epochs: 1}\nextract: {batch_size: 8}\n")
+    for method, key in (("spectral", "hidden"), ("strip", "strip_entropy")):
+        out = tmp_path / method
+        result = CliRunner().invoke(main, ["scan", str(tiny_world / "train.json"), "--base", str(tiny_base),
+                                           "--out", str(out), "--method", method, "--params", str(params)])
+        assert result.exit_code == 0, result.output
+        verdict = json.loads((out / "verdict.json").read_text())
+        assert verdict["method"] == method
+        with np.load(out / "signals.npz") as signals:
+            assert signals[key].shape[0] == verdict["n_samples"]
+    result = CliRunner().invoke(main, ["scan", str(tiny_world / "train.json"), "--base", str(tiny_base),
+                                       "--out", str(tmp_path / "x"), "--method", "nope", "--params", str(params)])
+    assert result.exit_code != 0 and "unknown detector" in str(result.exception)

@@ -227,18 +227,19 @@ def profile(entropy_csv, out_dir, params_path):
 
 @main.command()
 @manifest_options
-@click.option("--entropy", "entropy_csv", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option("--features", "extract_dir", type=click.Path(exists=True, file_okay=False), required=True,
+              help="The extract stage's folder (entropy.csv, signals.npz).")
 @click.option("--profile", "profile_json", type=click.Path(exists=True, dir_okay=False), default=None,
               help="profile.json of the profile stage (BYE profiles the layers itself without it).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
 @click.option("--method", type=str, default=None, help="Detector name (params: cluster.method; default bye).")
 @params_option
-def cluster(data_json, images_dir, entropy_csv, profile_json, out_dir, method, params_path):
+def cluster(data_json, images_dir, extract_dir, profile_json, out_dir, method, params_path):
     """Score and flag every sample, decide the verdict: write scores.csv, filtered.json, verdict.json to OUT."""
     from bye.detect.scan import cluster_submission
 
     _, settings = scan_settings(load_params(params_path), method=method)
-    record = cluster_submission(data_json, entropy_csv, out_dir, profile_json=profile_json, method=settings.method,
+    record = cluster_submission(data_json, extract_dir, out_dir, profile_json=profile_json, method=settings.method,
                                 detector=settings.detector)
     _echo_json({k: record[k] for k in ("verdict", "method", "n_samples", "n_flagged", "sensitive_layers", "reasons")})
 

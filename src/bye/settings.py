@@ -7,6 +7,8 @@ ignored (an unset flag); unknown keys in a section are an error (see :func:`bye.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from bye.config import build
 
 
@@ -48,6 +50,7 @@ def lora_settings(params: dict, *, provisional: bool = False, **overrides):
 
 def scan_settings(params: dict, *, method: str | None = None, epochs: float | None = None):
     """(provisional fine-tune settings, scan settings): ``extract``, ``profile`` and ``cluster`` sections."""
+    from bye.detect.api import DETECTORS
     from bye.detect.scan import ExtractSettings, ProfileSettings, ScanSettings
 
     lora = lora_settings(params, provisional=True, epochs=epochs)
@@ -57,7 +60,11 @@ def scan_settings(params: dict, *, method: str | None = None, epochs: float | No
     detector = dict(cluster.get("detectors", {}).get(chosen, {}))
     if chosen == "bye":  # the separation rule lives with the profile stage
         detector.update(rule=profile.rule, tau=profile.tau)
-    return lora, ScanSettings(method=chosen, detector=detector, extract=build(ExtractSettings, params.get("extract")),
+    if chosen not in DETECTORS:
+        raise ValueError(f"unknown detector {chosen!r}; available: {sorted(DETECTORS)}")
+    extract = build(ExtractSettings, params.get("extract"))
+    needed = tuple(sorted(set(extract.signals) | set(DETECTORS[chosen].signals)))
+    return lora, ScanSettings(method=chosen, detector=detector, extract=replace(extract, signals=needed),
                               profile=profile)
 
 

@@ -60,6 +60,7 @@ class DetectionResult:
 
 class Detector(ABC):
     name: str = "detector"
+    signals: tuple[str, ...] = ()  # model signals the extract stage must also write ("hidden", "strip")
 
     @abstractmethod
     def detect(self, features: SampleFeatures) -> DetectionResult:
@@ -171,3 +172,7 @@ def find_backdoor_samples(entropy: np.ndarray, *, method: str = "bye", ranked: b
         return result.flagged
     order = result.ranked()
     return order[result.flagged[order]]
+
+
+# The baselines register themselves under their names ("spectral", "strip", ...), beside "bye".
+from bye.detect import baselines as _baselines  # noqa: E402,F401

@@ -9,6 +9,8 @@ and resume them one at a time (``extract`` -> ``profile`` -> ``cluster``), and
 * ``entropy.csv``    one row per sample: ``id, entropy_l0 .. entropy_l{L-1}`` (nats);
 * ``attention.npz``  ``ids``, ``attention`` (N x L x K float16 image-attention rows), ``grid``
                      (the image-token grid ``[h, w]``), for the report's heatmaps;
+* ``signals.npz``    ``hidden`` and / or ``strip_entropy`` when ``signals`` asks for them (the
+                     representation and perturbation baselines read them);
 * ``extract.json``   sizes and timing.
 
 ``profile`` writes ``profile.json`` (per-layer two-Gaussian statistics, sensitive layers).
@@ -45,6 +47,7 @@ class ExtractSettings:
     batch_size: int = 16
     chunk_size: int = 256  # images held in memory at once
     keep_attention: bool = True  # float16 maps for the report
+    signals: tuple[str, ...] = ()  # also "hidden" (decision-position state), "strip" (STRIP entropy): baselines
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ def extract_submission(data_json: str | Path, images_dir: str | Path, base_dir: 
     entropy, maps = extract_attention(model, processor, samples, images_dir, settings=settings, progress=progress)
     ids = [s.id for s in samples]
     atomic_write_text(out / "entropy.csv", entropy_table(ids, entropy))
+    if settings.signals:
+        write_signals(model, processor, samples, images_dir, out / "signals.npz", settings)
     n_tokens = int(maps.shape[-1]) if maps is not None else 0
     if maps is not None:
         tmp = out / ".attention.tmp.npz"
@@ -133,6 +138,39 @@ def extract_submission(data_json: str | Path, images_dir: str | Path, base_dir: 
               "n_image_tokens": n_tokens, "seconds": time.perf_counter() - began, "settings": asdict(settings)}
     atomic_write_json(out / "extract.json", record)
     return record
+
+
+def write_signals(model, processor, samples: list[Sample], images_dir: str | Path, path: Path,
+                  settings: ExtractSettings) -> None:
+    from bye.detect.signals import decision_hidden, strip_entropy
+
+    unknown = set(settings.signals) - {"hidden", "strip"}
+    if unknown:
+        raise ValueError(f"unknown signals {sorted(unknown)}; expected 'hidden' and / or 'strip'")
+    images = [open_rgb(resolve_image(images_dir, s.image)) for s in samples]
+    questions = [s.question for s in samples]
+    arrays = {}
+    if "hidden" in settings.signals:
+        arrays["hidden"] = decision_hidden(model, processor, images, questions, batch_size=settings.batch_size)
+    if "strip" in settings.signals:
+        arrays["strip_entropy"] = strip_entropy(model, processor, images, questions, batch_size=settings.batch_size)
+    tmp = path.with_name(".signals.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+
+
+def read_features(data_json: str | Path, extract_dir: str | Path) -> SampleFeatures:
+    """Everything the extract stage wrote, as detector features (answers as pseudo-classes)."""
+    extract_dir = Path(extract_dir)
+    samples = read_manifest(data_json)
+    ids, entropy = read_entropy(extract_dir / "entropy.csv")
+    if ids != [s.id for s in samples]:
+        raise ValueError(f"{extract_dir / 'entropy.csv'} does not list the samples of {data_json} in order")
+    extra = {"pseudo_labels": np.array([s.answer for s in samples])}
+    if (extract_dir / "signals.npz").exists():
+        with np.load(extract_dir / "signals.npz") as signals:
+            extra.update({k: signals[k] for k in signals.files})
+    return SampleFeatures(ids=ids, entropy=entropy, extra=extra)
 
 
 # ------------------------------------------------------------------------------------- profile
@@ -163,7 +201,7 @@ def scores_table(ids: list[str], scores: np.ndarray, flagged: np.ndarray, entrop
     return frame.to_csv(index=False, float_format="%.6g")
 
 
-def cluster_submission(data_json: str | Path, entropy_csv: str | Path, out_dir: str | Path, *,
+def cluster_submission(data_json: str | Path, extract_dir: str | Path, out_dir: str | Path, *,
                        profile_json: str | Path | None = None, method: str = "bye",
                        detector: dict | None = None) -> dict:
     """Score, flag and decide: write scores.csv, filtered.json and verdict.json; return the verdict."""
@@ -172,14 +210,12 @@ def cluster_submission(data_json: str | Path, entropy_csv: str | Path, out_dir: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples = read_manifest(data_json)
-    ids, entropy = read_entropy(entropy_csv)
-    if ids != [s.id for s in samples]:
-        raise ValueError(f"{entropy_csv} does not list the samples of {data_json} in order")
-    extra = {}
+    features = read_features(data_json, extract_dir)
+    ids, entropy = features.ids, features.entropy
     if profile_json is not None:
-        extra["profile"] = LayerProfile.from_dict(json.loads(Path(profile_json).read_text()))
+        features.extra["profile"] = LayerProfile.from_dict(json.loads(Path(profile_json).read_text()))
     began = time.perf_counter()
-    result = get_detector(method, **(detector or {})).detect(SampleFeatures(ids=ids, entropy=entropy, extra=extra))
+    result = get_detector(method, **(detector or {})).detect(features)
     seconds = time.perf_counter() - began
     mean_entropy = result.details.pop("mean_entropy", None)
     atomic_write_text(out / "scores.csv", scores_table(ids, result.scores, result.flagged, entropy, mean_entropy))
@@ -225,7 +261,7 @@ def scan_submission(data_json: str | Path, images_dir: str | Path, base_dir: str
     if settings.method == "bye":
         profile_submission(out / "entropy.csv", out, settings=settings.profile)
         profile_json = out / "profile.json"
-    record = cluster_submission(data_json, out / "entropy.csv", out, profile_json=profile_json,
+    record = cluster_submission(data_json, out, out, profile_json=profile_json,
                                 method=settings.method, detector=settings.detector)
     timings["detect"] = record.pop("seconds")
     record["timings_seconds"] = timings

@@ -1,0 +1,185 @@
+"""Per-sample signals for the baseline detectors, read from one prefill forward per batch.
+
+Both signals look at the decision position: the last prompt position, where the first answer
+token is predicted (the position BYE reads its attention row from).
+
+* :func:`decision_hidden`: the language model's last hidden state there (what Spectral
+  Signatures and Activation Clustering read).
+* :func:`strip_entropy`: STRIP (Gao et al. 2019) adapted to an image-text model: the entropy of
+  the first answer token's distribution when the image is blended with other images of the same
+  submission. A trigger that dominates keeps the prediction stuck, so its entropy stays low.
+
+Prompts are encoded exactly as :mod:`bye.detect.extract` encodes them
+(:func:`~bye.detect.extract.encode_batch`, left padding) and positions are counted over real
+tokens only, so a batched row gives the same numbers as the sample alone. No attention map is
+materialised (the model keeps its own attention implementation) and only the decision
+position's logits are computed where the model allows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bye.detect.extract import _forward_parameters, encode_batch
+
+
+def _last_positions(attention_mask: torch.Tensor | None, length: int, batch: int) -> torch.Tensor:
+    """``(B,)`` index of each row's last real token (left or right padding)."""
+    if attention_mask is None:
+        return torch.full((batch,), length - 1, dtype=torch.long)
+    mask = attention_mask.long().cpu()
+    if not bool(mask.any(dim=1).all()):
+        raise ValueError("a prompt row has no real token")
+    columns = torch.arange(length).expand_as(mask)
+    return torch.where(mask.bool(), columns, -1).max(dim=1).values
+
+
+def _prepare(model, encoded: dict, parameters: set[str]) -> dict:
+    """Move the processor outputs to the model and add what ``generate`` would (position ids)."""
+    parameter = next(model.parameters())
+    inputs = {}
+    for name, value in encoded.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(parameter.device, parameter.dtype if value.is_floating_point() else None)
+        inputs[name] = value
+    if "position_ids" in parameters and hasattr(model, "_prepare_position_ids_for_generation"):
+        # Positions count real tokens only, so a padded row sees the positions it has alone.
+        inputs["position_ids"] = model._prepare_position_ids_for_generation(inputs["input_ids"], dict(inputs))
+    return inputs
+
+
+@torch.no_grad()
+def _decision_forward(model, encoded: dict, parameters: set[str], *,
+                      hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One prefill forward. Returns ``(logits (B, V) float32, hidden (B, H) float32 or None)``
+    at each row's last real position."""
+    inputs = _prepare(model, encoded, parameters)
+    batch, length = inputs["input_ids"].shape
+    last = _last_positions(inputs.get("attention_mask"), length, batch)
+    last_column_only = bool((last == length - 1).all())
+    if last_column_only and "logits_to_keep" in parameters:
+        inputs["logits_to_keep"] = 1  # the LM head on the decision position only
+    outputs = model(**inputs, use_cache=False, output_hidden_states=hidden)
+    rows = torch.arange(batch)
+    logits = outputs.logits
+    logits = logits[:, -1] if logits.shape[1] == 1 else logits[rows, last.to(logits.device)]
+    states = None
+    if hidden:
+        if not outputs.hidden_states:
+            raise RuntimeError(f"{type(model).__name__} returned no hidden states")
+        final = outputs.hidden_states[-1]  # (B, T, H): the last layer's output, after the final norm
+        if final.shape[1] != length:
+            raise RuntimeError(f"hidden states over {final.shape[1]} positions for {length} input tokens")
+        states = final[rows, last.to(final.device)].float().cpu()
+    return logits.float().cpu(), states
+
+
+def _check(images: Sequence, questions: Sequence[str]) -> None:
+    if len(images) != len(questions):
+        raise ValueError(f"{len(images)} images for {len(questions)} questions")
+    if len(images) == 0:
+        raise ValueError("no samples")
+
+
+def decision_hidden(model, processor, images: Sequence[Image.Image], questions: Sequence[str], *,
+                    batch_size: int = 16, progress: bool = False) -> np.ndarray:
+    """``(N, H)`` float32: the language model's last-layer hidden state at the decision position.
+
+    ``hidden_states[-1]`` of a prefill forward of the prompt alone (chat template plus
+    generation prompt, no answer): the vector the LM head turns into the first answer token's
+    logits (transformers ties it to the output of the final norm). The model's train/eval mode
+    is restored afterwards.
+    """
+    _check(images, questions)
+    parameters = _forward_parameters(model)
+    out: list[torch.Tensor] = []
+    starts = range(0, len(images), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="hidden", unit="batch")
+    was_training = model.training
+    model.eval()
+    try:
+        for start in starts:
+            encoded = encode_batch(processor, images[start:start + batch_size], questions[start:start + batch_size])
+            out.append(_decision_forward(model, encoded, parameters, hidden=True)[1])
+    finally:
+        model.train(was_training)
+    return torch.cat(out).numpy().astype(np.float32, copy=False)
+
+
+def overlay_partners(n: int, n_overlays: int, seed: int = 0) -> np.ndarray:
+    """``(n, n_overlays)`` int64: for each sample, the other samples whose images are blended in.
+
+    Drawn with ``numpy.random.default_rng(seed)``, one row per sample in order, never the sample
+    itself; without replacement when ``n - 1 >= n_overlays``, else with replacement.
+    """
+    if n < 2:
+        raise ValueError("STRIP needs at least 2 samples (an image is never blended with itself)")
+    if n_overlays < 1:
+        raise ValueError(f"n_overlays must be >= 1, got {n_overlays}")
+    rng = np.random.default_rng(seed)
+    replace = n - 1 < n_overlays
+    partners = np.empty((n, n_overlays), dtype=np.int64)
+    for i in range(n):
+        others = rng.choice(n - 1, size=n_overlays, replace=replace)
+        partners[i] = others + (others >= i)  # skip i itself
+    return partners
+
+
+def blend(image: Image.Image, overlay: Image.Image, alpha: float) -> Image.Image:
+    """``(1 - alpha) * image + alpha * overlay`` in RGB; the overlay is resized to the image."""
+    base = image.convert("RGB")
+    other = overlay.convert("RGB")
+    if other.size != base.size:
+        other = other.resize(base.size, Image.Resampling.BILINEAR)
+    return Image.blend(base, other, alpha)
+
+
+def first_token_entropy(logits: torch.Tensor) -> np.ndarray:
+    """``(B,)`` float64 entropy (nats) of ``softmax(logits)`` over the vocabulary."""
+    log_p = torch.log_softmax(logits.double(), dim=-1)
+    return (-(log_p.exp() * log_p).sum(dim=-1)).numpy()
+
+
+def strip_entropy(model, processor, images: Sequence[Image.Image], questions: Sequence[str], *,
+                  n_overlays: int = 4, alpha: float = 0.5, seed: int = 0, batch_size: int = 16,
+                  progress: bool = False) -> np.ndarray:
+    """``(N,)`` float64 STRIP score: mean entropy (nats) of the first answer token under overlays.
+
+    For sample ``i`` and each partner ``j`` of :func:`overlay_partners` (``n_overlays`` other
+    images of the same submission), the image ``blend(image_i, image_j, alpha)`` is prompted
+    with sample ``i``'s question; the softmax of the logits at the decision position is the
+    first answer token's distribution, and its entropies are averaged over the partners. Low =
+    the prediction hardly depends on the image = suspicious. The partners are drawn before
+    batching, so the result does not depend on ``batch_size``.
+    """
+    _check(images, questions)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    partners = overlay_partners(len(images), n_overlays, seed)
+    pairs = [(i, int(j)) for i in range(len(images)) for j in partners[i]]
+    parameters = _forward_parameters(model)
+    entropies: list[np.ndarray] = []
+    starts = range(0, len(pairs), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="strip", unit="batch")
+    was_training = model.training
+    model.eval()
+    try:
+        for start in starts:
+            chunk = pairs[start:start + batch_size]
+            blended = [blend(images[i], images[j], alpha) for i, j in chunk]
+            encoded = encode_batch(processor, blended, [questions[i] for i, _ in chunk])
+            logits, _ = _decision_forward(model, encoded, parameters, hidden=False)
+            entropies.append(first_token_entropy(logits))
+    finally:
+        model.train(was_training)
+    return np.concatenate(entropies).reshape(len(images), n_overlays).mean(axis=1)
