@@ -135,9 +135,9 @@ def extract_submission(data_json: str | Path, images_dir: str | Path, base_dir: 
         np.savez_compressed(tmp, ids=np.array(ids), attention=maps, grid=np.array(image_grid(n_tokens)))
         tmp.replace(out / "attention.npz")
     record = {"n_samples": len(ids), "n_layers": int(entropy.shape[1]) if entropy.ndim == 2 else 0,
-              "n_image_tokens": n_tokens, "seconds": time.perf_counter() - began, "settings": asdict(settings)}
-    atomic_write_json(out / "extract.json", record)
-    return record
+              "n_image_tokens": n_tokens, "settings": asdict(settings)}
+    atomic_write_json(out / "extract.json", record)  # no timings in stage outputs: same inputs, same bytes
+    return {**record, "seconds": time.perf_counter() - began}
 
 
 def write_signals(model, processor, samples: list[Sample], images_dir: str | Path, path: Path,
@@ -231,11 +231,10 @@ def cluster_submission(data_json: str | Path, extract_dir: str | Path, out_dir: 
         "reasons": result.details.get("verdict_reasons", []),
         "thresholds": result.details.get("settings", {}),
         "details": result.details,
-        "seconds": seconds,
     }
     record = _jsonable(record)
-    atomic_write_json(out / "verdict.json", record)
-    return record
+    atomic_write_json(out / "verdict.json", record)  # no timings in stage outputs: same inputs, same bytes
+    return {**record, "seconds": seconds}
 
 
 # ------------------------------------------------------------------------------------- one shot
