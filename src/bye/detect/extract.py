@@ -213,9 +213,8 @@ def encode_batch(processor, images: Sequence[Image.Image], questions: Sequence[s
     return encoded
 
 
-@torch.no_grad()
-def _batch_rows(model, encoded: dict[str, torch.Tensor], parameters: set[str]) -> torch.Tensor:
-    """``(B, L, T)`` float32: per layer, the last position's head-mean attention over all T keys."""
+def prepare_inputs(model, encoded: dict, parameters: set[str]) -> dict:
+    """Processor outputs on the model's device and dtype, plus what ``generate`` adds (position ids)."""
     parameter = next(model.parameters())
     inputs = {}
     for name, value in encoded.items():
@@ -226,6 +225,13 @@ def _batch_rows(model, encoded: dict[str, torch.Tensor], parameters: set[str]) -
         # What generate() does: positions count real tokens only, so a left-padded row gets the
         # same positions (RoPE, or a family's multimodal RoPE) as the sample alone.
         inputs["position_ids"] = model._prepare_position_ids_for_generation(inputs["input_ids"], dict(inputs))
+    return inputs
+
+
+@torch.no_grad()
+def _batch_rows(model, encoded: dict[str, torch.Tensor], parameters: set[str]) -> torch.Tensor:
+    """``(B, L, T)`` float32: per layer, the last position's head-mean attention over all T keys."""
+    inputs = prepare_inputs(model, encoded, parameters)
     if "logits_to_keep" in parameters:
         inputs["logits_to_keep"] = 1
     with recording(model) as rows:
@@ -238,6 +244,26 @@ def _batch_rows(model, encoded: dict[str, torch.Tensor], parameters: set[str]) -
     if stacked.shape[-1] != encoded["input_ids"].shape[1]:
         raise RuntimeError(f"attention over {stacked.shape[-1]} keys for {encoded['input_ids'].shape[1]} input tokens")
     return stacked
+
+
+@contextlib.contextmanager
+def evaluating(model):
+    """Eval mode for the block; the model's train / eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def batch_starts(n: int, batch_size: int, description: str, progress: bool = False):
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        return tqdm(starts, desc=description, unit="batch")
+    return starts
 
 
 def image_attention(model, processor, images: Sequence[Image.Image], questions: Sequence[str], *,
@@ -259,15 +285,8 @@ def image_attention(model, processor, images: Sequence[Image.Image], questions: 
     token_id = image_token_id(model, processor)
     parameters = _forward_parameters(model)
     per_sample: list[np.ndarray] = []
-    starts = range(0, len(images), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="attention", unit="batch")
-    was_training = model.training
-    model.eval()
-    try:
-        for start in starts:
+    with evaluating(model):
+        for start in batch_starts(len(images), batch_size, "attention", progress):
             encoded = encode_batch(processor, images[start:start + batch_size], questions[start:start + batch_size])
             rows = _batch_rows(model, encoded, parameters)
             is_image = encoded["input_ids"].cpu() == token_id
@@ -276,8 +295,6 @@ def image_attention(model, processor, images: Sequence[Image.Image], questions: 
                     raise ValueError(f"sample {start + b}: no image token (id {token_id}) in the prompt")
                 selected = rows[b][:, is_image[b]]  # (L, K_b)
                 per_sample.append((selected / selected.sum(dim=-1, keepdim=True)).numpy())
-    finally:
-        model.train(was_training)
     if not per_sample:
         raise ValueError("no samples")
     counts = np.array([p.shape[1] for p in per_sample], dtype=np.int64)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bye.detect.extract import _forward_parameters, encode_batch
+from bye.detect.extract import _forward_parameters, batch_starts, encode_batch, evaluating, prepare_inputs
 
 
 def _last_positions(attention_mask: torch.Tensor | None, length: int, batch: int) -> torch.Tensor:
@@ -38,26 +38,12 @@ def _last_positions(attention_mask: torch.Tensor | None, length: int, batch: int
     return torch.where(mask.bool(), columns, -1).max(dim=1).values
 
 
-def _prepare(model, encoded: dict, parameters: set[str]) -> dict:
-    """Move the processor outputs to the model and add what ``generate`` would (position ids)."""
-    parameter = next(model.parameters())
-    inputs = {}
-    for name, value in encoded.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(parameter.device, parameter.dtype if value.is_floating_point() else None)
-        inputs[name] = value
-    if "position_ids" in parameters and hasattr(model, "_prepare_position_ids_for_generation"):
-        # Positions count real tokens only, so a padded row sees the positions it has alone.
-        inputs["position_ids"] = model._prepare_position_ids_for_generation(inputs["input_ids"], dict(inputs))
-    return inputs
-
-
 @torch.no_grad()
 def _decision_forward(model, encoded: dict, parameters: set[str], *,
                       hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One prefill forward. Returns ``(logits (B, V) float32, hidden (B, H) float32 or None)``
     at each row's last real position."""
-    inputs = _prepare(model, encoded, parameters)
+    inputs = prepare_inputs(model, encoded, parameters)
     batch, length = inputs["input_ids"].shape
     last = _last_positions(inputs.get("attention_mask"), length, batch)
     last_column_only = bool((last == length - 1).all())
@@ -97,19 +83,10 @@ def decision_hidden(model, processor, images: Sequence[Image.Image], questions: 
     _check(images, questions)
     parameters = _forward_parameters(model)
     out: list[torch.Tensor] = []
-    starts = range(0, len(images), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="hidden", unit="batch")
-    was_training = model.training
-    model.eval()
-    try:
-        for start in starts:
+    with evaluating(model):
+        for start in batch_starts(len(images), batch_size, "hidden", progress):
             encoded = encode_batch(processor, images[start:start + batch_size], questions[start:start + batch_size])
             out.append(_decision_forward(model, encoded, parameters, hidden=True)[1])
-    finally:
-        model.train(was_training)
     return torch.cat(out).numpy().astype(np.float32, copy=False)
 
 
@@ -166,20 +143,11 @@ def strip_entropy(model, processor, images: Sequence[Image.Image], questions: Se
     pairs = [(i, int(j)) for i in range(len(images)) for j in partners[i]]
     parameters = _forward_parameters(model)
     entropies: list[np.ndarray] = []
-    starts = range(0, len(pairs), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="strip", unit="batch")
-    was_training = model.training
-    model.eval()
-    try:
-        for start in starts:
+    with evaluating(model):
+        for start in batch_starts(len(pairs), batch_size, "strip", progress):
             chunk = pairs[start:start + batch_size]
             blended = [blend(images[i], images[j], alpha) for i, j in chunk]
             encoded = encode_batch(processor, blended, [questions[i] for i, _ in chunk])
             logits, _ = _decision_forward(model, encoded, parameters, hidden=False)
             entropies.append(first_token_entropy(logits))
-    finally:
-        model.train(was_training)
     return np.concatenate(entropies).reshape(len(images), n_overlays).mean(axis=1)
