@@ -78,10 +78,7 @@ def stage(name: str, layout: Layout, params: dict, *, fingerprint: str | None = 
 
     fingerprint = fingerprint or fingerprint_of(layout)
     submission = submission or (str(layout.submission) if fingerprint != SETUP else "embedded world")
-    section = params.get(name)
-    with stage_run(name, fingerprint=fingerprint, params=params, submission=submission) as run:
-        if isinstance(section, dict):
-            run.params({name: section})
+    with stage_run(name, fingerprint=fingerprint, params=params, submission=submission) as run:  # logs params[name]
         yield run
 
 

@@ -98,7 +98,17 @@ def test_inbox_scans_each_upload_once_with_an_audit_trail(workspace, tiny_world,
     parents = mlflow.search_runs(experiment_names=["bye"], filter_string="tags.`bye.kind` = 'pipeline'",
                                  output_format="list")
     assert len(parents) == 2
+    client = mlflow.MlflowClient()
     for parent in parents:
-        stages = sorted(summarise(parent.info.run_id)["stages"])
+        stages = summarise(parent.info.run_id)["stages"]
         assert {"ingest", "provisional", "extract", "profile", "cluster", "clean_finetune", "eval",
-                "report"} <= set(stages), stages
+                "report"} <= set(stages), sorted(stages)
+        assert all(run["status"] == "FINISHED" for run in stages.values())
+        # What a reviewer opens: the rejection table, the expectation results, what was removed and
+        # why, the adapters, the report.
+        artifacts = {stage: {a.path for a in client.list_artifacts(run["run_id"])} for stage, run in stages.items()}
+        assert {"rejected.csv", "expectations"} <= artifacts["ingest"]
+        assert {"scores.csv", "filtered.json", "verdict.json", "expectations"} <= artifacts["cluster"]
+        assert "clean_adapter" in artifacts["clean_finetune"] and "report.html" in artifacts["report"]
+        assert stages["cluster"]["tags"]["bye.submission_fingerprint"] == parent.data.tags["bye.submission_fingerprint"]
+        assert stages["eval"]["metrics"]["accuracy"] >= 0
