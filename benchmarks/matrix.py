@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from bye.config import load_params
+from bye.data.submission import read_manifest
 from bye.detect.api import DETECTORS, SampleFeatures, get_detector
 from bye.detect.scan import extract_submission, read_features
 from bye.io import atomic_write_json, atomic_write_text
@@ -62,7 +63,7 @@ def build_cell(trigger_name: str, rate: float, *, world: Path, base: Path, param
 
 
 def features_of(out: Path) -> tuple[SampleFeatures, np.ndarray]:
-    features = read_features(out / "submission" / "train.json", out / "extract")
+    features = read_features(read_manifest(out / "submission" / "train.json"), out / "extract")
     truth_map = json.loads((out / "truth.json").read_text())
     with np.load(out / "extract" / "attention.npz") as saved:
         features.attention = saved["attention"].astype(np.float32)

@@ -159,13 +159,12 @@ def write_signals(model, processor, samples: list[Sample], images_dir: str | Pat
     tmp.replace(path)
 
 
-def read_features(data_json: str | Path, extract_dir: str | Path) -> SampleFeatures:
-    """Everything the extract stage wrote, as detector features (answers as pseudo-classes)."""
+def read_features(samples: list[Sample], extract_dir: str | Path) -> SampleFeatures:
+    """Everything the extract stage wrote for ``samples``, as detector features (answers as pseudo-classes)."""
     extract_dir = Path(extract_dir)
-    samples = read_manifest(data_json)
     ids, entropy = read_entropy(extract_dir / "entropy.csv")
     if ids != [s.id for s in samples]:
-        raise ValueError(f"{extract_dir / 'entropy.csv'} does not list the samples of {data_json} in order")
+        raise ValueError(f"{extract_dir / 'entropy.csv'} does not list the submission's samples in order")
     extra = {"pseudo_labels": np.array([s.answer for s in samples])}
     if (extract_dir / "signals.npz").exists():
         with np.load(extract_dir / "signals.npz") as signals:
@@ -210,7 +209,7 @@ def cluster_submission(data_json: str | Path, extract_dir: str | Path, out_dir: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples = read_manifest(data_json)
-    features = read_features(data_json, extract_dir)
+    features = read_features(samples, extract_dir)
     ids, entropy = features.ids, features.entropy
     if profile_json is not None:
         features.extra["profile"] = LayerProfile.from_dict(json.loads(Path(profile_json).read_text()))
