@@ -6,7 +6,7 @@ the "+" expander in the Run Name cell, and MLflow keeps that expanded state in t
 to Chromium over the DevTools protocol (``--remote-debugging-pipe``, stdlib only), clicks the expander, waits
 for the stage rows, and saves the DOM and a screenshot under tests/artifacts/ (a screenshot also on failure).
 
-Chromium must be installed (scripts/ensure_chromium.sh); set BYE_SKIP_BROWSER=1 to skip on purpose.
+Chromium must be installed (scripts/ensure_chromium.sh, run by `make test`); without it the test fails.
 """
 
 from __future__ import annotations
@@ -175,10 +175,8 @@ EXPANDER = "document.querySelector('[col-id*=\"Run Name\"] button[data-component
 
 def test_runs_page_shows_the_stages(request, tmp_path):
     # Checked in the test, before the store and server are built, so that a missing browser FAILS (not errors).
-    if os.environ.get("BYE_SKIP_BROWSER") == "1":
-        pytest.skip("BYE_SKIP_BROWSER=1")
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/ensure_chromium.sh (or set BYE_SKIP_BROWSER=1 to skip)")
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/ensure_chromium.sh (make test does)")
     url, experiment_id, parent = request.getfixturevalue("server")
     browser = Browser(CHROMIUM, tmp_path / "chromium-profile")
     ARTIFACTS.mkdir(exist_ok=True)
