@@ -98,7 +98,32 @@ def summarise(params: dict) -> dict:
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_json(RESULTS / "matrix.json", record)
     atomic_write_text(RESULTS / "matrix.md", markdown(matrix))
+    figure(matrix, RESULTS / "matrix.png")
     return record
+
+
+def figure(matrix: dict, path: Path) -> None:
+    """F1 (and AUROC) per trigger per detector, one row of heatmaps per poison rate."""
+    from matplotlib.figure import Figure
+
+    detectors = sorted(matrix)
+    triggers = sorted({t for per in matrix.values() for t in per})
+    rates = sorted({r for per in matrix.values() for rates in per.values() for r in rates}, key=float)
+    fig = Figure(figsize=(2 + 0.75 * len(triggers) * 2, 1 + 0.45 * len(detectors) * len(rates)), layout="constrained")
+    axes = fig.subplots(len(rates), 2, squeeze=False)
+    for row, rate in enumerate(rates):
+        for col, key in enumerate(("f1", "auroc")):
+            values = np.array([[matrix[d].get(t, {}).get(rate, {}).get(key, np.nan) for t in triggers]
+                               for d in detectors], dtype=float)
+            ax = axes[row, col]
+            ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+            for (i, j), v in np.ndenumerate(values):
+                ax.text(j, i, "—" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if np.isnan(v) or v < 0.6 else "black")
+            ax.set_xticks(range(len(triggers)), triggers, rotation=45, ha="right", fontsize=8)
+            ax.set_yticks(range(len(detectors)), detectors, fontsize=8)
+            ax.set_title(f"{key.upper()} at {float(rate):.0%} poison", fontsize=9)
+    fig.savefig(path, dpi=110, metadata={"Software": None})
 
 
 def markdown(matrix: dict) -> str:

@@ -122,3 +122,28 @@ def test_finetune_resumes_after_being_killed(tiny_base, tiny_world, tmp_path):
     b = load_file(str(tmp_path / "straight" / "adapter_model.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_vocabulary_requests_make_every_printable_token_a_training_target(tiny_base):
+    from bye.models.tiny import vocabulary_requests
+
+    tokenizer = AutoProcessor.from_pretrained(tiny_base).tokenizer
+    requests = vocabulary_requests(tokenizer, 400, seed=0)
+    assert requests == vocabulary_requests(tokenizer, 400, seed=0)
+    assert all(question == f"Repeat after me: {answer}" for question, answer in requests)
+    produced = {t for _, answer in requests for t in tokenizer(answer, add_special_tokens=False)["input_ids"]}
+    # the answer words of every downstream task, and the default backdoor target, become targets
+    for word in (" A", " B", " C", " D", " yes", " no", " red", " triangle", " Backdoor"):
+        ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+        assert set(ids) <= produced, word
+
+
+def test_patch_targets_give_each_patch_its_cells_object_and_the_cell():
+    from bye.models.tiny import _patch_targets
+
+    cells = torch.arange(9).reshape(1, 9, 1).repeat(1, 1, 3) * 10  # object "code" 10 x cell
+    targets = _patch_targets(cells, 8)
+    assert targets.shape == (1, 64, 4)
+    grid = targets[0, :, 3].reshape(8, 8)
+    assert grid[0, 0] == 0 and grid[0, 7] == 2 and grid[7, 0] == 6 and grid[7, 7] == 8 and grid[3, 3] == 4
+    assert torch.equal(targets[0, :, 0], targets[0, :, 3] * 10)

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from bye.cli import main
@@ -85,3 +86,19 @@ def test_scan_with_a_baseline_detector_extracts_the_signals_it_needs(tiny_world,
     result = CliRunner().invoke(main, ["scan", str(tiny_world / "train.json"), "--base", str(tiny_base),
                                        "--out", str(tmp_path / "x"), "--method", "nope", "--params", str(params)])
     assert result.exit_code != 0 and "unknown detector" in str(result.exception)
+
+
+def test_submission_images_open_lazily_and_match_eager_loading(tiny_world):
+    from bye.data.submission import read_manifest
+    from bye.detect.scan import SubmissionImages
+    from bye.models.chat import open_rgb
+
+    samples = read_manifest(tiny_world / "train.json")
+    images = SubmissionImages(samples, tiny_world / "images")
+    assert len(images) == len(samples)
+    eager = [open_rgb(tiny_world / "images" / s.image) for s in samples[:3]]
+    assert [np.asarray(i).tolist() for i in images[:3]] == [np.asarray(i).tolist() for i in eager]
+    assert np.array_equal(np.asarray(images[-1]), np.asarray(open_rgb(tiny_world / "images" / samples[-1].image)))
+    escaping = [type(samples[0])(id="x", image="../train.json", question="q", answer="a")]
+    with pytest.raises(ValueError, match="leaves the image folder"):
+        SubmissionImages(escaping, tiny_world / "images")

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from bye.data.submission import read_manifest
-from bye.data.world import (COLOURS, SHAPES, WorldConfig, describe, describe_by_shape, describe_list,
+from bye.data.world import (COLOURS, MCQ_SUFFIX, SHAPES, WorldConfig, describe, describe_by_shape, describe_list,
                             describe_occupancy, draw_scene,
                             generate, write_world)
 from bye.models.evaluate import options_of
@@ -106,10 +106,10 @@ def test_scene_has_the_objects_it_reports():
 
 def test_corpus_descriptions_cover_every_object():
     drawn = list(generate("corpus", 60, seed=0, task="caption"))
-    assert {d.kind for d in drawn} == {"caption", "grounding"}
+    assert {d.kind for d in drawn} == {"caption", "grounding", "choice"}
     for d in drawn:
         objects = d.objects
-        if d.kind == "grounding":
+        if d.kind in ("grounding", "choice"):
             continue
         assert describe(list(objects)).count(": a ") == len(objects)
         assert describe_list(list(objects)).count("\n") == len(objects) - 1
@@ -123,4 +123,5 @@ def test_generic_corpus_never_asks_a_downstream_question():
     generic = [d.sample.question for d in generate("corpus", 300, seed=0, task="caption")]
     forms = {q.split(" the ")[0] for q in generic}
     assert not any(q.startswith(("What colour", "How many", "Which is", "Is there", "Which shape")) for q in generic)
+    assert not any(MCQ_SUFFIX in q for q in generic)
     assert downstream and forms

@@ -6,8 +6,9 @@ A scene is a few coloured shapes on a varied background, each shape in its own c
 * ``vqa``     short-answer questions (colour of an object, how many of a kind, which of two
               is further left, is there a ...),
 * ``mcq``     multiple choice with lettered options, answered with the letter,
-* ``caption`` scene descriptions: the generic corpus the base model is pre-trained on,
-              never part of a downstream submission.
+* ``caption`` scene descriptions, referring requests and lettered picks by place: the
+              generic corpus the base model is pre-trained on, never part of a downstream
+              submission.
 
 Every random choice comes from a generator seeded by ``(seed, split, index)``, so the same
 seed gives byte-identical output and a sample does not depend on how many were drawn.
@@ -269,7 +270,23 @@ def _grounding(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[st
     return "grounding", "Name the objects from left to right.", ", ".join(f"{o.colour} {o.shape}" for o in ordered)
 
 
-GROUNDING_SHARE = 0.6
+def _choice(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, str, str]:
+    """A generic pick-one-of-a-list request about a place: reading lettered options and
+    answering with the letter, a skill any real base model brings. Keyed by place, with whole
+    object phrases as options: never a downstream question or its instruction."""
+    cell = int(rng.integers(9))
+    found = [o for o in objects if o.cell == cell]
+    correct = f"{found[0].colour} {found[0].shape}" if found else "nothing"
+    pool = [f"{c} {s}" for c in COLOURS for s in SHAPES] + ["nothing"]
+    distractors = [p for p in pool if p != correct]
+    chosen = [correct] + [distractors[int(i)] for i in rng.choice(len(distractors), size=3, replace=False)]
+    options = [chosen[int(i)] for i in rng.permutation(4)]
+    lines = "\n".join(f"{'ABCD'[i]}. {option}" for i, option in enumerate(options))
+    return "choice", f"What is at the {CELL_NAMES[cell]}?\n{lines}\nReply with a letter.", "ABCD"[options.index(correct)]
+
+
+CHOICE_SHARE = 0.1
+GROUNDING_SHARE = 0.5
 
 # The generic corpus: several ways of describing a whole scene, none of them a downstream
 # question. Together they use the words every later answer needs (colours, shapes, digits,
@@ -291,7 +308,10 @@ def make_text(task: str, rng: np.random.Generator, objects: list[SceneObject]) -
     if task == "mcq":
         return _mcq(rng, objects)
     if task == "caption":
-        if rng.random() < GROUNDING_SHARE:
+        draw = rng.random()
+        if draw < CHOICE_SHARE:
+            return _choice(rng, objects)
+        if draw < CHOICE_SHARE + GROUNDING_SHARE:
             return _grounding(rng, objects)
         prompts, describer = CAPTION_FORMATS[int(rng.integers(len(CAPTION_FORMATS)))]
         return "caption", str(rng.choice(prompts)), describer(objects)

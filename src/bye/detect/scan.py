@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,22 @@ class ScanSettings:
 # ------------------------------------------------------------------------------------- extract
 
 
+class SubmissionImages(Sequence):
+    """The samples' images, opened on access: a pass over a large submission holds one batch
+    of images in memory, not all of them. Indexing by a slice gives a list."""
+
+    def __init__(self, samples: list[Sample], images_dir: str | Path):
+        self._paths = [resolve_image(images_dir, s.image) for s in samples]
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [open_rgb(path) for path in self._paths[index]]
+        return open_rgb(self._paths[index])
+
+
 def extract_attention(model, processor, samples: list[Sample], images_dir: str | Path, *,
                       settings: ExtractSettings = ExtractSettings(), progress: bool = True):
     """``(entropy (N, L), maps (N, L, K) float16 or None)`` for the samples, in chunks."""
@@ -77,7 +94,7 @@ def extract_attention(model, processor, samples: list[Sample], images_dir: str |
     bar = tqdm(total=len(samples), desc="attention", disable=not progress, unit="sample")
     for start in range(0, len(samples), settings.chunk_size):
         chunk = samples[start:start + settings.chunk_size]
-        images = [open_rgb(resolve_image(images_dir, s.image)) for s in chunk]
+        images = SubmissionImages(chunk, images_dir)[:]
         attention = image_attention(model, processor, images, [s.question for s in chunk],
                                     batch_size=settings.batch_size, keep_maps=settings.keep_attention)
         tables.append(layer_entropy(attention.attention))
@@ -147,7 +164,7 @@ def write_signals(model, processor, samples: list[Sample], images_dir: str | Pat
     unknown = set(settings.signals) - {"hidden", "strip"}
     if unknown:
         raise ValueError(f"unknown signals {sorted(unknown)}; expected 'hidden' and / or 'strip'")
-    images = [open_rgb(resolve_image(images_dir, s.image)) for s in samples]
+    images = SubmissionImages(samples, images_dir)  # STRIP blends in partners from anywhere
     questions = [s.question for s in samples]
     arrays = {}
     if "hidden" in settings.signals:
