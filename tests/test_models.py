@@ -137,13 +137,3 @@ def test_vocabulary_requests_make_every_printable_token_a_training_target(tiny_b
         ids = tokenizer(word, add_special_tokens=False)["input_ids"]
         assert set(ids) <= produced, word
 
-
-def test_patch_targets_give_each_patch_its_cells_object_and_the_cell():
-    from bye.models.tiny import _patch_targets
-
-    cells = torch.arange(9).reshape(1, 9, 1).repeat(1, 1, 3) * 10  # object "code" 10 x cell
-    targets = _patch_targets(cells, 8)
-    assert targets.shape == (1, 64, 4)
-    grid = targets[0, :, 3].reshape(8, 8)
-    assert grid[0, 0] == 0 and grid[0, 7] == 2 and grid[7, 0] == 6 and grid[7, 7] == 8 and grid[3, 3] == 4
-    assert torch.equal(targets[0, :, 0], targets[0, :, 3] * 10)

@@ -212,43 +212,21 @@ def _cell_targets(objects) -> list[list[int]]:
     return targets
 
 
-def _patch_targets(cell_targets: torch.Tensor, side: int) -> torch.Tensor:
-    """(N, 9, 3) per-cell targets -> (N, side * side, 4): each patch takes its cell's object
-    (colour, shape, size) and, last, the index of the cell itself."""
-    centres = (torch.arange(side) + 0.5) / side
-    cell_of = (centres * 3).long().clamp(max=2)  # row or column of the 3 x 3 grid
-    index = (cell_of[:, None] * 3 + cell_of[None, :]).flatten()  # row-major patches
-    cells = index.expand(len(cell_targets), -1)[..., None]
-    return torch.cat([cell_targets[:, index], cells], dim=-1)
-
-
 def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor, objects: list,
                     spec: PretrainSpec, *, progress: bool = True) -> list[float]:
-    """Stage 0: train the vision tower alone, before the language model sees it.
+    """Stage 0: train the vision tower alone to name what sits in each cell of the scene grid.
 
     A CLIP tower trained only through a language model's caption loss learns too slowly at this
-    scale (measured: the captioner ignored the image entirely). Probes on every patch feature
-    give it what a tower trained on open-world data would have:
-
-    * the object of the scene-grid cell the patch lies in (colour, shape, size), so that each
-      image token carries its object's identity and a question can find an object's tokens
-      by content, in one attention step;
-    * the cell the patch lies in, so that a token found by content still says where it is
-      (rotary position encodings do not put positions into the values attention returns);
-    * the patch's own pixels at 2 x 2 resolution, so that the tower keeps local appearance it
-      was not asked to name (a sticker, a stain, a trigger).
-
+    scale (measured: the captioner ignored the image entirely). A supervised probe on the
+    tower's patch features, pooled to the 3 x 3 grid, gives it discriminative features first.
     The probe heads are thrown away; only the tower keeps what it learned.
     """
     from tqdm.auto import tqdm
 
     tower = model.model.vision_tower
     hidden = tower.config.hidden_size
-    patch = tower.config.patch_size
-    splits = [len(COLOURS) + 1, len(SHAPES) + 1, 3, 9]
-    heads = torch.nn.Linear(hidden, sum(splits) + 12)
-    side = pixel_values.shape[-1] // patch
-    targets = _patch_targets(torch.tensor([_cell_targets(o) for o in objects]), side)  # (N, P, 4)
+    heads = torch.nn.Linear(hidden, len(COLOURS) + 1 + len(SHAPES) + 1 + 3)
+    targets = torch.tensor([_cell_targets(o) for o in objects])  # (N, 9, 3)
     params = list(tower.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=spec.vision_learning_rate, weight_decay=spec.weight_decay)
     n = len(pixel_values)
@@ -257,6 +235,7 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Te
                                                     pct_start=spec.warmup_ratio or 0.05)
     generator = torch.Generator().manual_seed(spec.seed)
     layer = model.config.vision_feature_layer
+    splits = [len(COLOURS) + 1, len(SHAPES) + 1, 3]
     losses = []
     tower.train()
     order = torch.randperm(n, generator=generator)
@@ -266,16 +245,13 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Te
             order, cursor = torch.randperm(n, generator=generator), 0
         index = order[cursor:cursor + spec.batch_size]
         cursor += spec.batch_size
-        pixels = pixel_values[index]
-        states = tower(pixels, output_hidden_states=True).hidden_states[layer][:, 1:]  # (B, P, H)
-        out = heads(states)
-        logits = out[..., :sum(splits)].split(splits, dim=-1)
-        # (B, 3, side * 2, side * 2) -> (B, P, 12): each patch's pixels pooled to 2 x 2
-        small = torch.nn.functional.avg_pool2d(pixels, patch // 2)
-        small = small.reshape(len(index), 3, side, 2, side, 2).permute(0, 2, 4, 1, 3, 5).reshape(len(index), side * side, 12)
+        states = tower(pixel_values[index], output_hidden_states=True).hidden_states[layer][:, 1:]
+        side = int(states.shape[1] ** 0.5)
+        grid = states.transpose(1, 2).reshape(len(index), hidden, side, side)
+        cells = torch.nn.functional.adaptive_avg_pool2d(grid, 3).flatten(2).transpose(1, 2)  # (B, 9, H)
+        logits = heads(cells).split(splits, dim=-1)
         loss = sum(torch.nn.functional.cross_entropy(l.reshape(-1, l.shape[-1]), targets[index][..., k].reshape(-1))
                    for k, l in enumerate(logits))
-        loss = loss + torch.nn.functional.mse_loss(out[..., sum(splits):], small)
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -284,7 +260,7 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Te
         hits = torch.stack([(l.argmax(-1) == targets[index][..., k]).float().mean() for k, l in enumerate(logits)])
         accuracy = hits if not losses[:-1] else 0.9 * accuracy + 0.1 * hits
     tower.eval()
-    return {"losses": losses, "cell_accuracy": dict(zip(("colour", "shape", "size", "cell"), accuracy.tolist()))}
+    return {"losses": losses, "cell_accuracy": dict(zip(("colour", "shape", "size"), accuracy.tolist()))}
 
 
 def build_base(model_dir, spec: TinyLlavaSpec = TinyLlavaSpec(), pretrain: PretrainSpec = PretrainSpec(),
