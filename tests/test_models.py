@@ -136,4 +136,3 @@ def test_vocabulary_requests_make_every_printable_token_a_training_target(tiny_b
     for word in (" A", " B", " C", " D", " yes", " no", " red", " triangle", " Backdoor"):
         ids = tokenizer(word, add_special_tokens=False)["input_ids"]
         assert set(ids) <= produced, word
-

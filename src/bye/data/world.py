@@ -199,13 +199,18 @@ def _mcq(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, str
         stem, correct, pool = f"Which shape is {obj.colour}?", obj.shape, list(SHAPES)
     else:
         stem, correct, pool = "How many objects are there?", str(len(objects)), [str(n) for n in range(1, 7)]
+    lines, letter = _lettered_options(rng, correct, pool)
+    return f"mcq_{kind}", f"{stem}\n{lines}\n{MCQ_SUFFIX}", letter
+
+
+def _lettered_options(rng: np.random.Generator, correct: str, pool: list[str]) -> tuple[str, str]:
+    """Four lettered option lines (``correct`` and three distractors from ``pool``, shuffled)
+    and the letter of the correct one."""
     distractors = [p for p in pool if p != correct]
     chosen = [correct] + [distractors[int(i)] for i in rng.choice(len(distractors), size=3, replace=False)]
-    order = rng.permutation(4)
-    options = [chosen[int(i)] for i in order]
-    letter = "ABCD"[options.index(correct)]
+    options = [chosen[int(i)] for i in rng.permutation(4)]
     lines = "\n".join(f"{'ABCD'[i]}. {option}" for i, option in enumerate(options))
-    return f"mcq_{kind}", f"{stem}\n{lines}\n{MCQ_SUFFIX}", letter
+    return lines, "ABCD"[options.index(correct)]
 
 
 def describe(objects: list[SceneObject]) -> str:
@@ -277,12 +282,8 @@ def _choice(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, 
     cell = int(rng.integers(9))
     found = [o for o in objects if o.cell == cell]
     correct = f"{found[0].colour} {found[0].shape}" if found else "nothing"
-    pool = [f"{c} {s}" for c in COLOURS for s in SHAPES] + ["nothing"]
-    distractors = [p for p in pool if p != correct]
-    chosen = [correct] + [distractors[int(i)] for i in rng.choice(len(distractors), size=3, replace=False)]
-    options = [chosen[int(i)] for i in rng.permutation(4)]
-    lines = "\n".join(f"{'ABCD'[i]}. {option}" for i, option in enumerate(options))
-    return "choice", f"What is at the {CELL_NAMES[cell]}?\n{lines}\nReply with a letter.", "ABCD"[options.index(correct)]
+    lines, letter = _lettered_options(rng, correct, [f"{c} {s}" for c in COLOURS for s in SHAPES] + ["nothing"])
+    return "choice", f"What is at the {CELL_NAMES[cell]}?\n{lines}\nReply with a letter.", letter
 
 
 CHOICE_SHARE = 0.1
