@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make sure headless Chromium is available at /usr/bin/chromium (for tests/test_browser.py).
+# Make sure headless Chromium is available at /usr/bin/chromium (for the MLflow UI test in tests/test_flows.py).
 # Idempotent: exits 0 at once when it is already installed.
 set -euo pipefail
 CHROMIUM=/usr/bin/chromium

@@ -4,6 +4,7 @@ and the inbox deployment scanning each upload exactly once."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -67,20 +68,31 @@ def workspace(tmp_path_factory, tiny_world, tiny_base):
     return root
 
 
-@pytest.mark.slow
-def test_inbox_scans_each_upload_once_with_an_audit_trail(workspace, tiny_world, tiny_base, prefect_harness,
-                                                          monkeypatch):
+@pytest.fixture(scope="module")
+def scanned(workspace, tiny_world, tiny_base, prefect_harness):
+    """The inbox scanned twice by the deployment's flow: (first scan's records, second scan's records)."""
     from flows.pipeline import scan_inbox
+
+    arguments = {"inbox": "inbox", "workdir": "runs", "base": str(tiny_base), "params_path": "params.yaml",
+                 "test_json": str(tiny_world / "test.json")}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workspace)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        first = scan_inbox(**arguments)
+        second = scan_inbox(**arguments)
+    return first, second
+
+
+@pytest.mark.slow
+def test_inbox_scans_each_upload_once_with_an_audit_trail(workspace, scanned, monkeypatch):
     from tasks.tracking import summarise
 
     monkeypatch.chdir(workspace)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    arguments = {"inbox": "inbox", "workdir": "runs", "base": str(tiny_base), "params_path": "params.yaml",
-                 "test_json": str(tiny_world / "test.json")}
-    first = scan_inbox(**arguments)
+    first, second = scanned
     assert sorted(r["submission"].split("/")[-1] for r in first) == ["clean", "poisoned"]
     assert all(r["status"] == "done" for r in first), first
-    assert scan_inbox(**arguments) == []  # nothing new: nothing rescanned
+    assert second == []  # nothing new: nothing rescanned
     ledger = json.loads((workspace / "runs" / "ledger.json").read_text())
     assert len(ledger) == 2
 
@@ -112,3 +124,34 @@ def test_inbox_scans_each_upload_once_with_an_audit_trail(workspace, tiny_world,
         assert "clean_adapter" in artifacts["clean_finetune"] and "report.html" in artifacts["report"]
         assert stages["cluster"]["tags"]["bye.submission_fingerprint"] == parent.data.tags["bye.submission_fingerprint"]
         assert stages["eval"]["metrics"]["accuracy"] >= 0
+
+
+@pytest.mark.slow
+def test_mlflow_ui_shows_each_scan_with_its_stages(workspace, scanned, tmp_path):
+    """What a reviewer sees: the MLflow UI, served on the store the real scans wrote, lists each
+    submission's parent run and, expanded, its stage runs (headless Chromium, DOM and screenshot under
+    tests/artifacts/)."""
+    import mlflow_ui
+
+    # Checked before the server starts, so that a missing browser FAILS (not errors).
+    if not os.access(mlflow_ui.CHROMIUM, os.X_OK):
+        pytest.fail(f"{mlflow_ui.CHROMIUM} is missing: run scripts/ensure_chromium.sh (make test does)")
+    from tasks import tracking
+
+    import mlflow
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workspace)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        experiment_id = tracking.ensure_experiment(root=workspace)
+        runs = mlflow.search_runs(experiment_names=["bye"], filter_string="tags.`bye.kind` = 'pipeline'",
+                                  output_format="list")
+        parents = {run.info.run_id: tracking.summarise(run.info.run_id, root=workspace) for run in runs}
+    assert len(parents) == len(scanned[0]) == 2
+    names = [summary["name"] for summary in parents.values()]
+    stages = sorted({run["name"] for summary in parents.values() for run in summary["stages"].values()})
+    assert len(stages) >= 8, stages
+    with mlflow_ui.mlflow_server(workspace) as url:
+        shown, dom = mlflow_ui.runs_page(url, experiment_id, names, stages, tmp_path / "chromium-profile")
+    assert set(names) | set(stages) <= set(shown)
+    assert all(f"runs/{run_id}" in dom for run_id in parents)

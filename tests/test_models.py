@@ -23,6 +23,9 @@ def test_base_folder_is_a_safetensors_checkpoint(tiny_base):
     names = {p.name for p in tiny_base.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= names
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
+    recorded = json.loads((tiny_base / "pretraining.json").read_text())
+    assert recorded["epoch_losses"] and not any(k.endswith("_seconds") for k in recorded), \
+        "timings belong to MLflow: in the folder they change its hash on every identical rebuild"
 
 
 def test_tokenizer_round_trips_text_and_has_a_chat_template(tiny_base):
@@ -88,6 +91,9 @@ def test_finetune_is_deterministic_per_seed(tiny_base, tiny_world, tmp_path):
     a = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "b" / "adapter_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the whole output folder is a function of its inputs (no timings), so DVC sees no change
+    for name in ("training.json", "adapter_model.safetensors", "adapter_config.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
 _FINETUNE_SCRIPT = """

@@ -29,6 +29,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+RUN_FACTS = ("_seconds", "samples_per_second", "resumed_from_step")
+
+
+def reproducible(summary: dict) -> dict:
+    """``summary`` without what describes the run rather than its result (timings, the step a run
+    resumed from). What is saved beside a model must be a function of its inputs alone, or
+    rebuilding identical weights changes the output's hash and DVC reruns everything below it;
+    the run facts go to MLflow instead."""
+    return {k: v for k, v in summary.items() if not any(k.endswith(fact) for fact in RUN_FACTS)}
+
+
 def atomic_write_json(path: str | Path, payload) -> None:
     atomic_write_text(Path(path), json.dumps(payload, indent=2, sort_keys=True) + "\n")
 

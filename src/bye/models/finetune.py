@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bye.data.submission import Sample, read_manifest, resolve_image
-from bye.io import atomic_directory, atomic_write_json
+from bye.io import atomic_directory, atomic_write_json, reproducible
 from bye.models.chat import EncodedSample, encode_for_training, open_rgb
 from bye.models.loading import load_base
 from bye.models.training import TrainConfig, train
@@ -115,6 +115,6 @@ def finetune(data_json: str | Path, images_dir: str | Path, base_dir: str | Path
     }
     with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)
-        atomic_write_json(tmp / "training.json", summary)
+        atomic_write_json(tmp / "training.json", reproducible(summary))
     shutil.rmtree(checkpoint, ignore_errors=True)
     return summary

@@ -273,7 +273,7 @@ def build_base(model_dir, spec: TinyLlavaSpec = TinyLlavaSpec(), pretrain: Pretr
 
     from tqdm.auto import tqdm
 
-    from bye.io import atomic_directory, atomic_write_json
+    from bye.io import atomic_directory, atomic_write_json, reproducible
     from bye.models.chat import encode_for_training
     from bye.models.training import TrainConfig, train
 
@@ -319,5 +319,5 @@ def build_base(model_dir, spec: TinyLlavaSpec = TinyLlavaSpec(), pretrain: Pretr
     with atomic_directory(model_dir) as tmp:
         model.save_pretrained(tmp)  # safetensors by default
         processor.save_pretrained(tmp)
-        atomic_write_json(tmp / "pretraining.json", summary)
+        atomic_write_json(tmp / "pretraining.json", reproducible(summary))
     return summary

@@ -1,12 +1,12 @@
-"""The MLflow UI shows a pipeline run's stages: a real `mlflow server` on a tmp store, driven by headless Chromium.
+"""Drive the MLflow UI in a test: a real `mlflow server` on a store, headless Chromium over the DevTools protocol.
 
-The runs page (``#/experiments/<id>/runs``) lists only the parent at first; its nested stage runs sit behind
+The runs page (``#/experiments/<id>/runs``) lists only the parents at first; their nested stage runs sit behind
 the "+" expander in the Run Name cell, and MLflow keeps that expanded state in the browser's localStorage
-(a shared view's URL leaves it out too). So ``--dump-dom`` alone never shows the stage rows: this test talks
-to Chromium over the DevTools protocol (``--remote-debugging-pipe``, stdlib only), clicks the expander, waits
-for the stage rows, and saves the DOM and a screenshot under tests/artifacts/ (a screenshot also on failure).
+(a shared view's URL leaves it out too). So ``--dump-dom`` alone never shows the stage rows: `runs_page` talks
+to Chromium over the DevTools protocol (``--remote-debugging-pipe``, stdlib only), clicks the expanders, waits
+for the stage rows, and returns the DOM and a screenshot.
 
-Chromium must be installed (scripts/ensure_chromium.sh, run by `make test`); without it the test fails.
+Chromium must be installed (scripts/ensure_chromium.sh, run by `make test`).
 """
 
 from __future__ import annotations
@@ -25,28 +25,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
-from tasks import tracking
-
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
-STAGES = ["ingest", "extract", "profile", "cluster"]
-FP = "feedbeef12345678"
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A parent run with one nested run per stage, in tmp_path; returns (root, experiment_id, parent_run_id)."""
-    for name in ("MLFLOW_TRACKING_URI", tracking.PARENT_ENV):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    params = {"seed": 7, "cluster": {"k": 2}}
-    for i, stage in enumerate(STAGES):
-        with tracking.stage_run(stage, fingerprint=FP, params=params, submission="data/submission",
-                                root=tmp_path) as run:
-            run.metrics({"seconds": 1.5 + i})
-    return tmp_path, tracking.ensure_experiment(root=tmp_path), run.parent_run_id
 
 
 def _free_port() -> int:
@@ -66,9 +46,9 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-@pytest.fixture
-def server(store):
-    root, experiment_id, parent = store
+@contextlib.contextmanager
+def mlflow_server(root: Path):
+    """`mlflow server` on ``root/mlflow.db`` and ``root/mlruns``; yields its URL."""
     port = _free_port()
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
@@ -87,9 +67,9 @@ def server(store):
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not come up:\n{(root / 'server.log').read_text()[-3000:]}")
+                raise AssertionError(f"mlflow server did not come up:\n{(root / 'server.log').read_text()[-3000:]}")
             time.sleep(0.5)
-        yield url, experiment_id, parent
+        yield url
     finally:
         _stop(proc)
         log.close()
@@ -170,34 +150,33 @@ class Browser:
 
 # The names in the runs table: the Run Name cells link to "#/experiments/<id>/runs/<run id>".
 RUN_NAMES = "[...document.querySelectorAll('.ag-cell a[href*=\"/runs/\"]')].map(a => a.textContent.trim())"
-EXPANDER = "document.querySelector('[col-id*=\"Run Name\"] button[data-component-id*=\"runnamecellrenderer\"]')"
+EXPANDERS = "document.querySelectorAll('[col-id*=\"Run Name\"] button[data-component-id*=\"runnamecellrenderer\"]')"
 
 
-def test_runs_page_shows_the_stages(request, tmp_path):
-    # Checked in the test, before the store and server are built, so that a missing browser FAILS (not errors).
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/ensure_chromium.sh (make test does)")
-    url, experiment_id, parent = request.getfixturevalue("server")
-    browser = Browser(CHROMIUM, tmp_path / "chromium-profile")
+def runs_page(url: str, experiment_id: str, parents: list[str], stages: list[str], profile: Path,
+              name: str = "mlflow_runs_page") -> tuple[list[str], str]:
+    """Open the experiment's runs page, expand every parent, wait until every parent and stage name is listed;
+    return the names shown and the DOM. The DOM and a screenshot are saved under tests/artifacts/ (a
+    screenshot also on failure)."""
+    browser = Browser(CHROMIUM, profile)
     ARTIFACTS.mkdir(exist_ok=True)
     try:
         browser.call("Page.navigate", url=f"{url}/#/experiments/{experiment_id}/runs")
-        parent_name = f"scan submission {FP[:8]}"
-        names = browser.wait_for(f"(n => n.includes({parent_name!r}) && n)({RUN_NAMES})", "the parent run row")
-        if not set(STAGES) <= set(names):  # MLflow 3.17 shows a parent collapsed at first
-            browser.js(f"{EXPANDER}.click()")
-        wanted = json.dumps(STAGES)
+        wanted = json.dumps(parents)
+        browser.wait_for(f"(n => {wanted}.every(p => n.includes(p)) && n)({RUN_NAMES})", "the parent rows")
+        browser.js(f"{EXPANDERS}.forEach(b => b.click())")  # MLflow 3 shows parents collapsed at first
+        wanted = json.dumps(parents + stages)
         names = browser.wait_for(f"(n => {wanted}.every(s => n.includes(s)) && n)({RUN_NAMES})", "the stage rows")
         dom = browser.js("document.documentElement.outerHTML")
         shot = base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"])
     except (AssertionError, TimeoutError, RuntimeError):
         with contextlib.suppress(Exception):
             data = browser.call("Page.captureScreenshot", format="png", timeout=10)["data"]
-            (ARTIFACTS / "mlflow_runs_page.failed.png").write_bytes(base64.b64decode(data))
+            (ARTIFACTS / f"{name}.failed.png").write_bytes(base64.b64decode(data))
         raise
     finally:
         browser.close()
-    (ARTIFACTS / "mlflow_runs_page.png").write_bytes(shot)
-    (ARTIFACTS / "mlflow_runs_page.html").write_text(dom)
-    assert sorted(names) == sorted([parent_name, *STAGES])
-    assert f"runs/{parent}" in dom and shot.startswith(b"\x89PNG")
+    assert shot.startswith(b"\x89PNG")
+    (ARTIFACTS / f"{name}.png").write_bytes(shot)
+    (ARTIFACTS / f"{name}.html").write_text(dom)
+    return names, dom
