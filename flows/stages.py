@@ -265,14 +265,20 @@ def _verdict_markdown(verdict: dict) -> str:
 @flow(name="finetune")
 def finetune_flow(which: str = "clean", root: str = ".", params_path: str = "params.yaml",
               overrides: dict | None = None, base: str | None = None) -> dict:
-    """``clean``: on the filtered manifest (the product); ``undefended``: on everything (the baseline)."""
+    """``clean``: on the filtered manifest (the product); ``undefended``: on everything (the baseline).
+
+    The undefended model is the provisional one whenever ``provisional`` changes nothing in ``finetune``
+    (same data, settings and seed give the same weights): it is then copied, not trained twice."""
     layout, params = context(root, params_path, overrides, base)
     data = layout.cluster / "filtered.json" if which == "clean" else layout.ingested / "manifest.json"
     out = layout.adapters / which
     with stage(f"{which}_finetune", layout, params) as run:
         run.params({"finetune": params.get("finetune", {})})
+        reuse = str(layout.provisional) if which == "undefended" else None
         summary = t.finetune(str(data), str(layout.ingested / "images"), str(layout.base), str(out),
-                             lora_settings(params))
+                             lora_settings(params), reuse=reuse)
+        if "reused_from" in summary:
+            run.params({"reused_from": summary["reused_from"]})
         run.metrics(_numbers(summary))
         run.folder(out, f"{which}_adapter")
     return summary

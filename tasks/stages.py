@@ -44,10 +44,10 @@ def ingest(path: str, out_dir: str, limits) -> dict:
 
 
 @task(cache_policy=NONE)
-def finetune(data_json: str, images_dir: str, base_dir: str, out_dir: str, settings) -> dict:
+def finetune(data_json: str, images_dir: str, base_dir: str, out_dir: str, settings, reuse: str | None = None) -> dict:
     from bye.models.finetune import finetune as run_finetune
 
-    return run_finetune(data_json, images_dir, base_dir, out_dir, settings)
+    return run_finetune(data_json, images_dir, base_dir, out_dir, settings, reuse=reuse)
 
 
 @task(cache_policy=NONE)

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,6 +95,28 @@ def test_finetune_is_deterministic_per_seed(tiny_base, tiny_world, tmp_path):
     # the whole output folder is a function of its inputs (no timings), so DVC sees no change
     for name in ("training.json", "adapter_model.safetensors", "adapter_config.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_an_adapter_trained_on_the_same_inputs_is_reused_and_nothing_else_is(tiny_base, tiny_world, tmp_path):
+    settings = LoraSettings(rank=4, epochs=0.5, batch_size=8, checkpoint_every=0)
+    data, images = tiny_world / "train.json", tiny_world / "images"
+    first = finetune(data, images, tiny_base, tmp_path / "first", settings, progress=False)
+    copied = finetune(data, images, tiny_base, tmp_path / "copy", settings, progress=False, reuse=tmp_path / "first")
+    assert copied["reused_from"] == str(tmp_path / "first") and copied["fingerprint"] == first["fingerprint"]
+    for name in ("adapter_model.safetensors", "training.json"):
+        assert (tmp_path / "copy" / name).read_bytes() == (tmp_path / "first" / name).read_bytes()
+
+    other = LoraSettings(rank=4, epochs=0.5, batch_size=8, checkpoint_every=0, seed=1)
+    retrained = finetune(data, images, tiny_base, tmp_path / "seed1", other, progress=False, reuse=tmp_path / "first")
+    assert "reused_from" not in retrained and retrained["fingerprint"] != first["fingerprint"]
+
+    # one image's bytes changed under the same manifest: a different input, so trained again
+    changed = tmp_path / "images"
+    shutil.copytree(images, changed)
+    victim = sorted(changed.iterdir())[0]
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    again = finetune(data, changed, tiny_base, tmp_path / "changed", settings, progress=False, reuse=tmp_path / "first")
+    assert "reused_from" not in again and again["fingerprint"] != first["fingerprint"]
 
 
 _FINETUNE_SCRIPT = """

@@ -71,12 +71,28 @@ def encode_manifest(processor, samples: list[Sample], images_dir: str | Path, *,
     return encoded
 
 
-def _fingerprint(settings: LoraSettings, data_json: Path, base_dir: Path) -> str:
+def training_fingerprint(settings: LoraSettings, data_json: str | Path, images_dir: str | Path, base_dir: str | Path,
+                         samples: list[Sample] | None = None) -> str:
+    """What an adapter is a function of: the settings, the manifest, the bytes of every image it names and
+    the base checkpoint's config and weights. Equal fingerprints, equal adapters (training is deterministic
+    per seed): a resumed run checks it, and an adapter trained on the same inputs can be reused."""
     digest = hashlib.sha256()
     digest.update(json.dumps(asdict(settings), sort_keys=True).encode())
-    digest.update(data_json.read_bytes())
-    digest.update((base_dir / "config.json").read_bytes())
+    digest.update(Path(data_json).read_bytes())
+    for sample in read_manifest(data_json) if samples is None else samples:
+        digest.update(hashlib.sha256(resolve_image(images_dir, sample.image).read_bytes()).digest())
+    base = Path(base_dir)
+    for path in [base / "config.json", *sorted(base.glob("*.safetensors"))]:
+        with path.open("rb") as handle:
+            digest.update(path.name.encode() + hashlib.file_digest(handle, "sha256").digest())
     return digest.hexdigest()
+
+
+def _fingerprint_of(adapter_dir: str | Path) -> str | None:
+    try:
+        return json.loads((Path(adapter_dir) / "training.json").read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def default_checkpoint_dir(out_dir: str | Path) -> Path:
@@ -86,20 +102,29 @@ def default_checkpoint_dir(out_dir: str | Path) -> Path:
 
 def finetune(data_json: str | Path, images_dir: str | Path, base_dir: str | Path, out_dir: str | Path,
              settings: LoraSettings = LoraSettings(), *, checkpoint_dir: str | Path | None = None,
-             progress: bool = True, samples: list[Sample] | None = None) -> dict:
+             progress: bool = True, samples: list[Sample] | None = None, reuse: str | Path | None = None) -> dict:
     """Fine-tune a LoRA adapter on ``data_json`` and save it to ``out_dir``; return a summary.
+
+    ``reuse`` names an adapter folder that may already be this very result: when its recorded
+    fingerprint equals this call's (same settings, manifest, images and base), it is copied instead of
+    trained again, and the summary says ``reused_from``.
 
     Interrupted runs resume from ``checkpoint_dir`` (default: a hidden sibling of ``out_dir``),
     which is removed once the adapter is written.
     """
     data_json, base_dir = Path(data_json), Path(base_dir)
     samples = read_manifest(data_json) if samples is None else samples
+    fingerprint = training_fingerprint(settings, data_json, images_dir, base_dir, samples)
+    if reuse is not None and _fingerprint_of(reuse) == fingerprint:
+        with atomic_directory(out_dir) as tmp:
+            shutil.copytree(reuse, tmp, dirs_exist_ok=True)
+        return {**json.loads((Path(out_dir) / "training.json").read_text()), "reused_from": str(reuse)}
     model, processor = load_base(base_dir)
     model = add_lora(model, settings)
     encoded = encode_manifest(processor, samples, images_dir, progress=progress)
     checkpoint = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(out_dir)
     result = train(model, encoded, settings.train_config(), pad_token_id=processor.tokenizer.pad_token_id,
-                   checkpoint_dir=checkpoint, fingerprint=_fingerprint(settings, data_json, base_dir),
+                   checkpoint_dir=checkpoint, fingerprint=fingerprint,
                    progress=progress, description="LoRA fine-tune")
     trainable, total = model.get_nb_trainable_parameters()
     summary = {
@@ -112,6 +137,7 @@ def finetune(data_json: str | Path, images_dir: str | Path, base_dir: str | Path
         "trainable_parameters": trainable,
         "total_parameters": total,
         "settings": asdict(settings),
+        "fingerprint": fingerprint,
     }
     with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)
