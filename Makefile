@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-threat bench-verdict bench-matrix clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-threat bench-verdict bench-matrix bench-cost clean prefect-server ui
 
 install: $(STAMP)
 
@@ -53,7 +53,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 # Benchmarks write benchmarks/results/*.json and *.md (machine described inside); never run in CI.
-bench: bench-extract bench-threat bench-verdict bench-matrix
+bench: bench-extract bench-threat bench-verdict bench-matrix bench-cost
 
 # Needs the demo's world and base model (dvc repro world base).
 bench-threat: $(STAMP)
@@ -67,6 +67,11 @@ bench-extract: $(STAMP)
 bench-matrix: $(STAMP)
 	$(BIN)/dvc repro dvc.yaml:world dvc.yaml:base
 	$(BIN)/dvc repro benchmarks/dvc.yaml
+
+# Provisional fine-tune length against F1 and the filtering overhead (benchmarks/results/cost.md).
+bench-cost: $(STAMP)
+	$(BIN)/dvc repro dvc.yaml:world dvc.yaml:base
+	$(BIN)/python benchmarks/cost.py --triggers sig,badnets --rate 0.1 --epochs 0.5,1,2,3
 
 # False alarms: scans clean worlds of other seeds with the demo's base model.
 bench-verdict: $(STAMP)
