@@ -1,10 +1,10 @@
 """What the provisional fine-tune costs and buys: detection quality against its training length.
 
-    python benchmarks/cost.py --triggers sig,badnets --rate 0.1 --epochs 0.5,1,2,3
+    python benchmarks/cost.py --triggers sig,badnets --rate 0.1 --epochs 0.5,1,2,3 [--method answer_gain]
 
 For each trigger, poison the demo world's train split once; then, for each provisional length, run
 the whole scan (provisional LoRA fine-tune, attention extraction, profile, cluster with the default
-detector) and score it against the ground truth. The clean fine-tune on the same submission is
+detector, or ``--method``) and score it against the ground truth. The clean fine-tune on the same submission is
 timed once in the same run, so the filtering overhead is a ratio of two times measured side by side.
 Writes ``benchmarks/results/cost.json`` and ``cost.md``; the machine is described inside.
 """
@@ -35,7 +35,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def sweep(trigger_name: str, rate: float, epochs: list[float], *, world: Path, base: Path, params: dict,
-          work: Path) -> dict:
+          work: Path, method: str | None = None) -> dict:
     submission, truth_json = work / trigger_name / "submission", work / trigger_name / "truth.json"
     poison_submission(world / "train.json", world / "images", trigger(trigger_name, params), out_dir=submission,
                       truth_json=truth_json, **{**attack_settings(params), "rate": rate})
@@ -45,7 +45,7 @@ def sweep(trigger_name: str, rate: float, epochs: list[float], *, world: Path, b
     finetune(data, images, base, work / trigger_name / "clean_adapter", lora_settings(params), progress=False)
     reference = time.perf_counter() - began
     rows = []
-    lora, settings = scan_settings(params)
+    lora, settings = scan_settings(params, method=method)
     for length in epochs:
         out = work / trigger_name / f"scan-{length:g}"
         record = scan_submission(data, images, base, out, finetune_settings=replace(lora, epochs=length),
@@ -75,7 +75,7 @@ def cheapest(results: dict, tolerance: float = 0.01) -> float | None:
 
 
 def markdown(record: dict) -> str:
-    lines = [f"# Provisional fine-tune length against detection ({record['rate']:.0%} poison)", "",
+    lines = [f"# Provisional fine-tune length against detection ({record['method']}, {record['rate']:.0%} poison)", "",
              f"Machine: {record['machine']}. Total {record['seconds'] / 60:.1f} min. Overhead = provisional "
              "fine-tune + extraction + profile/cluster, as a ratio of the clean fine-tune "
              f"({record['clean_finetune_epochs']:g} epochs) timed in the same run.", "",
@@ -99,20 +99,24 @@ def main() -> None:
     parser.add_argument("--triggers", default="sig,badnets")
     parser.add_argument("--rate", type=float, default=0.1)
     parser.add_argument("--epochs", default="0.5,1,2,3")
+    parser.add_argument("--method", default=None, help="detector (default: params' cluster.method)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--out", type=Path, default=RESULTS / "cost.json")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/cost.json, cost_METHOD.json")
     args = parser.parse_args()
     params = load_params(args.params)
+    method = scan_settings(params, method=args.method)[1].method
+    out = args.out or RESULTS / ("cost.json" if args.method is None else f"cost_{method}.json")
     epochs = [float(e) for e in args.epochs.split(",")]
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        results = {name: sweep(name, args.rate, epochs, world=args.world, base=args.base, params=params, work=Path(tmp))
+        results = {name: sweep(name, args.rate, epochs, world=args.world, base=args.base, params=params, work=Path(tmp),
+                                 method=method)
                    for name in args.triggers.split(",")}
-    record = {"rate": args.rate, "triggers": results, "cheapest_within_one_point": cheapest(results),
+    record = {"method": method, "rate": args.rate, "triggers": results, "cheapest_within_one_point": cheapest(results),
               "clean_finetune_epochs": lora_settings(params).epochs, "seconds": time.perf_counter() - began,
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, no GPU"}
-    atomic_write_json(args.out, record)
-    atomic_write_text(args.out.with_suffix(".md"), markdown(record))
+    atomic_write_json(out, record)
+    atomic_write_text(out.with_suffix(".md"), markdown(record))
     print(markdown(record))
 
 

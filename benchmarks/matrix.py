@@ -2,9 +2,9 @@
 
 One *cell* per (trigger, rate): poison the world's train split, fine-tune the provisional model on
 it, and keep every per-sample signal a detector may read (attention entropy and maps, the
-decision position's hidden state, STRIP entropy). Then every
-registered detector runs on every cell's features; detectors never see the ground truth (except
-the oracle, the reference line).
+decision position's hidden state, STRIP entropy, each answer's log-likelihood under the base
+and the provisional model). Then every registered detector runs on every cell's features;
+detectors never see the ground truth (except the oracle, the reference line).
 
     python benchmarks/matrix.py cell --trigger badnets --rate 0.1     # one cell (what DVC runs)
     python benchmarks/matrix.py summarise                              # all cells x detectors
@@ -56,7 +56,7 @@ def build_cell(trigger_name: str, rate: float, *, world: Path, base: Path, param
     lora, scan = scan_settings(params)
     summary = finetune(data, out / "submission" / "images", base, out / "adapter", lora)
     extract_submission(data, out / "submission" / "images", base, out / "adapter", out / "extract",
-                       settings=replace(scan.extract, signals=("hidden", "strip"), keep_attention=True))
+                       settings=replace(scan.extract, signals=("answer_gain", "hidden", "strip"), keep_attention=True))
     atomic_write_json(out / "cell.json", {"trigger": trigger_name, "rate": rate, "seconds": time.perf_counter() - began,
                                           "provisional_finetune_seconds": summary["train_seconds"]})
     return out

@@ -1,9 +1,10 @@
 """False alarms of the verdict: scan clean worlds (no poison at all) and count what is removed.
 
-    python benchmarks/verdict.py --base models/base --seeds 1,2,3 [--n-train 2000]
+    python benchmarks/verdict.py --base models/base --seeds 1,2,3 [--n-train 2000] [--method answer_gain]
 
-Writes ``benchmarks/results/verdict.json`` and ``verdict.md``: per world the verdict, the removed
-fraction, the sensitive layers and the evidence, next to what the published method (always remove
+Writes ``benchmarks/results/verdict.json`` and ``verdict.md`` (``verdict_METHOD.*`` for another
+detector than the default): per world the verdict, the removed fraction, the sensitive layers and
+the evidence, next to what the detector without its verdict (the published method: always remove
 the low-entropy cluster) would have removed.
 """
 
@@ -16,13 +17,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from bye.settings import scan_settings
 from bye.config import build, load_params
+from bye.data.submission import read_manifest
 from bye.data.world import WorldConfig, write_world
-from bye.detect.api import BYEDetector, analyse
-from bye.detect.scan import scan_submission
+from bye.detect.api import get_detector
+from bye.detect.scan import read_features, scan_submission
+from bye.settings import scan_settings
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -32,10 +33,12 @@ def main() -> None:
     parser.add_argument("--base", type=Path, default=Path("models/base"))
     parser.add_argument("--seeds", type=str, default="1,2,3")
     parser.add_argument("--n-train", type=int, default=2000)
+    parser.add_argument("--method", default=None, help="detector (default: params' cluster.method)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     params = load_params(args.params)
-    lora, settings = scan_settings(params)
+    lora, settings = scan_settings(params, method=args.method)
+    name = "verdict" if args.method is None else f"verdict_{settings.method}"
     scene = build(WorldConfig, params.get("world", {}).get("scene"))
     rows = []
     began = time.perf_counter()
@@ -45,31 +48,32 @@ def main() -> None:
             write_world(tmp / "world", n_train=args.n_train, n_test=0, seed=seed, config=scene)
             record = scan_submission(tmp / "world" / "train.json", tmp / "world" / "images", args.base, tmp / "scan",
                                      finetune_settings=lora, settings=settings, progress=False)
-            entropy = pd.read_csv(tmp / "scan" / "scores.csv").filter(like="entropy_l").to_numpy()
-            published = analyse(entropy, BYEDetector(**{**settings.detector, "use_verdict": False}).settings)
+            features = read_features(read_manifest(tmp / "world" / "train.json"), tmp / "scan")
+            forced = get_detector(settings.method, **{**settings.detector, "use_verdict": False}).detect(features)
             rows.append({
                 "seed": seed,
                 "verdict": record["verdict"],
                 "removed_fraction": record["removed_fraction"],
-                "published_removed_fraction": float(published.clusters.flagged.mean()),
+                "published_removed_fraction": float(forced.flagged.mean()),
                 "sensitive_layers": record["sensitive_layers"],
                 "evidence": record["details"]["evidence"],
                 "reasons": record["details"]["verdict_reasons"],
             })
             print(rows[-1], flush=True)
     summary = {
+        "method": settings.method,
         "worlds": rows,
         "false_alarm_rate": float(np.mean([r["verdict"] == "poisoned" for r in rows])),
         "mean_kept_fraction": float(1 - np.mean([r["removed_fraction"] for r in rows])),
         "seconds": time.perf_counter() - began,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "verdict.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     lines = ["| world seed | verdict | removed | always-remove-a-cluster would remove (all layers when none is sensitive; the published code crashes there) | sensitive layers |", "|---|---|---|---|---|"]
     lines += [f"| {r['seed']} | {r['verdict']} | {r['removed_fraction']:.1%} | {r['published_removed_fraction']:.1%} "
               f"| {r['sensitive_layers']} |" for r in rows]
-    (RESULTS / "verdict.md").write_text(
-        f"# Verdict on clean worlds\n\nFalse-alarm rate {summary['false_alarm_rate']:.0%}, mean kept "
+    (RESULTS / f"{name}.md").write_text(
+        f"# Verdict on clean worlds ({settings.method})\n\nFalse-alarm rate {summary['false_alarm_rate']:.0%}, mean kept "
         f"{summary['mean_kept_fraction']:.1%} ({args.n_train} samples each).\n\n" + "\n".join(lines) + "\n")
 
 

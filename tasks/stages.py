@@ -6,6 +6,7 @@ DVC's job, so no task caches (``cache_policy=NONE``).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import task
@@ -97,7 +98,8 @@ def report(out_html: str, *, extract_dir: str, profile_json: str, cluster_dir: s
 
     extract_dir, cluster_dir = Path(extract_dir), Path(cluster_dir)
     attention = extract_dir / "attention.npz"
-    write_plots(extract_dir / "entropy.csv", profile_json, cluster_dir / "scores.csv", plots_dir)
+    method = json.loads((cluster_dir / "verdict.json").read_text()).get("method", "bye")
+    write_plots(extract_dir / "entropy.csv", profile_json, cluster_dir / "scores.csv", plots_dir, method=method)
     return str(write_report(out_html, entropy_csv=extract_dir / "entropy.csv", profile_json=profile_json,
                             scores_csv=cluster_dir / "scores.csv", verdict_json=cluster_dir / "verdict.json",
                             manifest_json=manifest_json, images_dir=images_dir,

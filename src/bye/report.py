@@ -148,7 +148,13 @@ def _separation_figure(profile: dict) -> bytes:
     return _png(fig)
 
 
-def _scores_figure(scores: pd.DataFrame) -> bytes:
+def _score_label(method: str) -> str:
+    from bye.detect.api import DETECTORS, Detector
+
+    return DETECTORS.get(method, Detector).score_label
+
+
+def _scores_figure(scores: pd.DataFrame, method: str = "bye") -> bytes:
     values = scores["score"].to_numpy(dtype=float)
     flagged = scores["flagged"].to_numpy(dtype=bool)
     finite = np.isfinite(values)
@@ -163,26 +169,27 @@ def _scores_figure(scores: pd.DataFrame) -> bytes:
         ax.axvline(cut, color="black", linestyle="--", linewidth=1, label=f"cut = {cut:.4g}")
     else:
         ax.text(0.02, 0.95, "no cut: verdict clean", transform=ax.transAxes, va="top", fontsize=9)
-    ax.set_xlabel("score = -mean entropy over the sensitive layers (higher: more suspicious)", fontsize=9)
+    ax.set_xlabel(_score_label(method), fontsize=9)
     ax.set_ylabel("samples")
     ax.set_title("Suspicion scores", fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
     return _png(fig)
 
 
-def _plots(entropy_csv, profile_json, scores_csv) -> dict[str, bytes]:
+def _plots(entropy_csv, profile_json, scores_csv, method: str = "bye") -> dict[str, bytes]:
     profile = _read_profile(profile_json)
     return {"entropy_layers": _entropy_figure(_read_table(entropy_csv), profile),
             "separation": _separation_figure(profile),
-            "scores": _scores_figure(_read_table(scores_csv))}
+            "scores": _scores_figure(_read_table(scores_csv), method)}
 
 
 def write_plots(entropy_csv: str | Path, profile_json: str | Path, scores_csv: str | Path,
-                out_dir: str | Path) -> dict[str, Path]:
-    """Write ``entropy_layers.png``, ``separation.png`` and ``scores.png``; return name -> path."""
+                out_dir: str | Path, *, method: str = "bye") -> dict[str, Path]:
+    """Write ``entropy_layers.png``, ``separation.png`` and ``scores.png`` (the scores of detector
+    ``method``); return name -> path."""
     out = Path(out_dir)
     paths = {}
-    for name, data in _plots(entropy_csv, profile_json, scores_csv).items():
+    for name, data in _plots(entropy_csv, profile_json, scores_csv, method).items():
         paths[name] = out / f"{name}.png"
         atomic_write_bytes(paths[name], data)
     return paths
@@ -384,7 +391,8 @@ def write_report(out_html: str | Path, *, entropy_csv: str | Path, profile_json:
         n_kept=verdict.get("n_kept", verdict["n_samples"] - verdict["n_flagged"]),
         sensitive_layers=profile["sensitive_layers"], extra_tables=extra_tables,
         metrics=list((metrics or {}).items()), profile=profile,
-        plots=[(name, _data_uri(data)) for name, data in _plots(entropy_csv, profile_json, scores_csv).items()],
+        plots=[(name, _data_uri(data))
+               for name, data in _plots(entropy_csv, profile_json, scores_csv, verdict.get("method", "bye")).items()],
         has_attention=attention is not None,
         columns=[(heading, _cards(top, samples, Path(images_dir), attention)),
                  ("Random kept samples", _cards(kept, samples, Path(images_dir), attention))])

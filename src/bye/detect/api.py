@@ -60,6 +60,7 @@ class DetectionResult:
 
 class Detector(ABC):
     name: str = "detector"
+    score_label: str = "suspicion score (higher: more suspicious)"  # what the report's score axis shows
     signals: tuple[str, ...] = ()  # model signals the extract stage must also write ("hidden", "strip")
 
     @abstractmethod
@@ -136,6 +137,8 @@ def analyse(entropy: np.ndarray, settings: BYESettings = BYESettings(),
 class BYEDetector(Detector):
     """Believe Your Eyes: low attention entropy over the sensitive layers marks a poisoned sample."""
 
+    score_label = "score = -mean entropy over the sensitive layers (higher: more suspicious)"
+
     def __init__(self, **settings):
         verdict = settings.pop("verdict", None)
         self.settings = BYESettings(**settings, verdict=VerdictRule(**verdict) if isinstance(verdict, dict)
@@ -174,5 +177,7 @@ def find_backdoor_samples(entropy: np.ndarray, *, method: str = "bye", ranked: b
     return order[result.flagged[order]]
 
 
-# The baselines register themselves under their names ("spectral", "strip", ...), beside "bye".
+# The baselines register themselves under their names ("spectral", "strip", ...), beside "bye",
+# and so does the answer-gain detector.
 from bye.detect import baselines as _baselines  # noqa: E402,F401
+from bye.detect import gain as _gain  # noqa: E402,F401

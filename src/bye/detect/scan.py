@@ -9,8 +9,10 @@ and resume them one at a time (``extract`` -> ``profile`` -> ``cluster``), and
 * ``entropy.csv``    one row per sample: ``id, entropy_l0 .. entropy_l{L-1}`` (nats);
 * ``attention.npz``  ``ids``, ``attention`` (N x L x K float16 image-attention rows), ``grid``
                      (the image-token grid ``[h, w]``), for the report's heatmaps;
-* ``signals.npz``    ``hidden`` and / or ``strip_entropy`` when ``signals`` asks for them (the
-                     representation and perturbation baselines read them);
+* ``signals.npz``    what ``signals`` asks for: ``hidden`` and ``strip_entropy`` (the
+                     representation and perturbation baselines read them), and for
+                     ``answer_gain`` ``answer_loglik`` / ``answer_loglik_base`` / ``answer_tokens``
+                     (each sample's answer under the provisional and the base model);
 * ``extract.json``   sizes and timing.
 
 ``profile`` writes ``profile.json`` (per-layer two-Gaussian statistics, sensitive layers).
@@ -48,7 +50,7 @@ class ExtractSettings:
     batch_size: int = 16
     chunk_size: int = 256  # images held in memory at once
     keep_attention: bool = True  # float16 maps for the report
-    signals: tuple[str, ...] = ()  # also "hidden" (decision-position state), "strip" (STRIP entropy): baselines
+    signals: tuple[str, ...] = ()  # also "hidden", "strip" (baselines), "answer_gain" (detector of that name)
 
 
 @dataclass(frozen=True)
@@ -139,13 +141,21 @@ def extract_submission(data_json: str | Path, images_dir: str | Path, base_dir: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples = read_manifest(data_json)
+    unknown = set(settings.signals) - set(SIGNALS)
+    if unknown:
+        raise ValueError(f"unknown signals {sorted(unknown)}; expected some of {list(SIGNALS)}")
     began = time.perf_counter()
+    arrays = {}
+    if "answer_gain" in settings.signals:  # the base model first, so only one model is held at a time
+        model, processor = load_for_inference(base_dir)
+        arrays["answer_loglik_base"], _ = _answer_loglik(model, processor, samples, images_dir, settings, progress)
+        del model
     model, processor = load_for_inference(base_dir, adapter_dir)
     entropy, maps = extract_attention(model, processor, samples, images_dir, settings=settings, progress=progress)
     ids = [s.id for s in samples]
     atomic_write_text(out / "entropy.csv", entropy_table(ids, entropy))
     if settings.signals:
-        write_signals(model, processor, samples, images_dir, out / "signals.npz", settings)
+        write_signals(model, processor, samples, images_dir, out / "signals.npz", settings, arrays, progress)
     n_tokens = int(maps.shape[-1]) if maps is not None else 0
     if maps is not None:
         tmp = out / ".attention.tmp.npz"
@@ -157,16 +167,31 @@ def extract_submission(data_json: str | Path, images_dir: str | Path, base_dir: 
     return {**record, "seconds": time.perf_counter() - began}
 
 
+SIGNALS = ("hidden", "strip", "answer_gain")
+
+
+def _answer_loglik(model, processor, samples: list[Sample], images_dir: str | Path, settings: ExtractSettings,
+                   progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    from bye.detect.signals import answer_loglik
+
+    return answer_loglik(model, processor, SubmissionImages(samples, images_dir), [s.question for s in samples],
+                         [s.answer for s in samples], batch_size=settings.batch_size, progress=progress)
+
+
 def write_signals(model, processor, samples: list[Sample], images_dir: str | Path, path: Path,
-                  settings: ExtractSettings) -> None:
+                  settings: ExtractSettings, arrays: dict | None = None, progress: bool = False) -> None:
+    """The signals ``settings.signals`` names, read with ``model``, into ``path`` (with ``arrays``,
+    those computed elsewhere: the base model's answer log-likelihood)."""
     from bye.detect.signals import decision_hidden, strip_entropy
 
-    unknown = set(settings.signals) - {"hidden", "strip"}
-    if unknown:
-        raise ValueError(f"unknown signals {sorted(unknown)}; expected 'hidden' and / or 'strip'")
     images = SubmissionImages(samples, images_dir)  # STRIP blends in partners from anywhere
     questions = [s.question for s in samples]
-    arrays = {}
+    arrays = dict(arrays or {})
+    if "answer_gain" in settings.signals:
+        if "answer_loglik_base" not in arrays:
+            raise ValueError("the answer_gain signal needs the base model's answer log-likelihood")
+        arrays["answer_loglik"], arrays["answer_tokens"] = _answer_loglik(model, processor, samples, images_dir,
+                                                                          settings, progress)
     if "hidden" in settings.signals:
         arrays["hidden"] = decision_hidden(model, processor, images, questions, batch_size=settings.batch_size)
     if "strip" in settings.signals:

@@ -8,6 +8,9 @@ token is predicted (the position BYE reads its attention row from).
 * :func:`strip_entropy`: STRIP (Gao et al. 2019) adapted to an image-text model: the entropy of
   the first answer token's distribution when the image is blended with other images of the same
   submission. A trigger that dominates keeps the prediction stuck, so its entropy stays low.
+* :func:`answer_loglik`: the log-likelihood of each sample's own answer given its image and
+  question (teacher forcing, the training loss's tokens), which the ``answer_gain`` detector
+  compares between the base and the provisional model.
 
 Prompts are encoded exactly as :mod:`bye.detect.extract` encodes them
 (:func:`~bye.detect.extract.encode_batch`, left padding) and positions are counted over real
@@ -25,6 +28,7 @@ import torch
 from PIL import Image
 
 from bye.detect.extract import _forward_parameters, batch_starts, encode_batch, evaluating, prepare_inputs
+from bye.models.chat import IGNORE_INDEX, collate, encode_for_training
 
 
 def _last_positions(attention_mask: torch.Tensor | None, length: int, batch: int) -> torch.Tensor:
@@ -151,3 +155,45 @@ def strip_entropy(model, processor, images: Sequence[Image.Image], questions: Se
             logits, _ = _decision_forward(model, encoded, parameters, hidden=False)
             entropies.append(first_token_entropy(logits))
     return np.concatenate(entropies).reshape(len(images), n_overlays).mean(axis=1)
+
+
+@torch.no_grad()
+def answer_loglik(model, processor, images: Sequence[Image.Image], questions: Sequence[str],
+                  answers: Sequence[str], *, batch_size: int = 16,
+                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(loglik (N,) float64, n_tokens (N,) int64)``: ``sum log p(answer token | image, prompt,
+    earlier answer tokens)`` over the tokens the fine-tune's loss is taken on.
+
+    Samples are encoded exactly as for training (:func:`bye.models.chat.encode_for_training`),
+    LEFT-padded so that every row's answer ends in the last column; positions count real tokens
+    only (:func:`~bye.detect.extract.prepare_inputs`), so a batched row equals the sample alone.
+    Only the last ``longest answer + 1`` positions go through the LM head where the model allows
+    it, so memory does not grow with the vocabulary times the prompt (image tokens included).
+    """
+    _check(images, questions)
+    if len(answers) != len(images):
+        raise ValueError(f"{len(answers)} answers for {len(images)} images")
+    parameters = _forward_parameters(model)
+    tokenizer = processor.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    totals: list[torch.Tensor] = []
+    counts: list[torch.Tensor] = []
+    with evaluating(model):
+        for start in batch_starts(len(images), batch_size, "answer", progress):
+            stop = min(start + batch_size, len(images))
+            encoded = [encode_for_training(processor, images[i], questions[i], answers[i]) for i in range(start, stop)]
+            batch = collate(encoded, pad, padding_side="left")
+            labels = batch.pop("labels")
+            keep = max(int((s.labels != IGNORE_INDEX).sum()) for s in encoded) + 1
+            inputs = prepare_inputs(model, batch, parameters)
+            if "logits_to_keep" in parameters:
+                inputs["logits_to_keep"] = keep
+            logits = model(**inputs, use_cache=False).logits[:, -keep:]
+            # the logit at position t predicts the token at t + 1
+            targets = labels[:, -keep:][:, 1:].to(logits.device)
+            log_p = torch.log_softmax(logits[:, :-1].double(), dim=-1)
+            valid = targets != IGNORE_INDEX
+            picked = log_p.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            totals.append((picked * valid).sum(dim=1).cpu())
+            counts.append(valid.sum(dim=1).cpu())
+    return torch.cat(totals).numpy(), torch.cat(counts).numpy().astype(np.int64)
