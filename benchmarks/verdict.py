@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=str, default="1,2,3")
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--method", default=None, help="detector (default: params' cluster.method)")
+    parser.add_argument("--keep", type=Path, default=None, help="keep each world and scan under this folder")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     params = load_params(args.params)
@@ -44,7 +45,7 @@ def main() -> None:
     began = time.perf_counter()
     for seed in [int(s) for s in args.seeds.split(",")]:
         with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
+            tmp = Path(tmp) if args.keep is None else args.keep / f"seed-{seed}"
             write_world(tmp / "world", n_train=args.n_train, n_test=0, seed=seed, config=scene)
             record = scan_submission(tmp / "world" / "train.json", tmp / "world" / "images", args.base, tmp / "scan",
                                      finetune_settings=lora, settings=settings, progress=False)

@@ -12,22 +12,33 @@ from click.testing import CliRunner
 
 from bye.config import load_params
 from bye.detect.api import DETECTORS, SampleFeatures, get_detector
-from bye.detect.gain import answer_gain
+from bye.detect.gain import answer_gain, neighbour_median
 from bye.detect.signals import answer_loglik
+from bye.data.submission import read_manifest
 
 
-def gain_features(n: int = 500, n_poisoned: int = 50, seed: int = 0, shift: float = 20.0):
-    """Clean answers gain ~N(1, 0.5) nats over 1-3 tokens; the first ``n_poisoned`` gain ``shift`` more."""
+SHAPES = ("circle", "square", "triangle", "star", "cross")
+
+
+def typed_world(n_poisoned: int, seed: int = 0):
+    """Gains by question type, as in the embedded world: lettered choices gain ~0.4 nats, counts
+    ~12, colours ~16.6; ``n_poisoned`` samples anywhere carry the target instead (~28 nats)."""
     rng = np.random.default_rng(seed)
-    tokens = rng.integers(1, 4, n)
-    base = -rng.uniform(1, 6, n) * tokens
-    gain = rng.normal(1.0, 0.5, n)
-    truth = np.zeros(n, dtype=bool)
-    truth[:n_poisoned] = True
-    gain[truth] += shift
-    order = rng.permutation(n)  # the poisoned ones anywhere
-    extra = {"answer_loglik": (base + gain)[order], "answer_loglik_base": base[order], "answer_tokens": tokens[order]}
-    return SampleFeatures(ids=[f"s{i}" for i in range(n)], extra=extra), truth[order]
+    kinds = rng.choice(3, size=1500, p=[0.45, 0.3, 0.25])
+    shapes = rng.choice(SHAPES, size=len(kinds))
+    templates = ("Which object is the {}? Answer with the letter.", "How many {}s are there?",
+                 "What colour is the {}?")
+    questions = [templates[k].format(shape) for k, shape in zip(kinds, shapes)]
+    gain = np.choose(kinds, [rng.normal(0.4, 0.3, len(kinds)), rng.normal(12.0, 1.0, len(kinds)),
+                             rng.normal(16.6, 0.4, len(kinds))])
+    truth = np.zeros(len(kinds), dtype=bool)
+    truth[rng.choice(len(kinds), size=n_poisoned, replace=False)] = True
+    gain[truth] = rng.normal(28.0, 2.5, n_poisoned)
+    tokens = np.where(truth, 4, 1)
+    base = -rng.uniform(1, 5, len(kinds)) * tokens
+    extra = {"answer_loglik": base + gain, "answer_loglik_base": base, "answer_tokens": tokens,
+             "questions": questions}
+    return SampleFeatures(ids=[f"s{i}" for i in range(len(kinds))], extra=extra), truth
 
 
 def test_answer_gain_is_registered_and_asks_for_its_signal():
@@ -36,22 +47,37 @@ def test_answer_gain_is_registered_and_asks_for_its_signal():
     assert "answer_gain" in DETECTORS
     _, settings = scan_settings(load_params("params.yaml"), method="answer_gain")
     assert settings.method == "answer_gain" and "answer_gain" in settings.extract.signals
-    assert settings.detector["per_token"] is False  # params.yaml's section reaches the detector
+    assert settings.detector["neighbours"] == 20  # params.yaml's section reaches the detector
 
 
-def test_flags_exactly_the_high_gain_samples():
-    features, truth = gain_features()
+def test_neighbour_median_compares_with_similar_questions_only():
+    questions = ["what colour is the star"] * 4 + ["how many stars are there"] * 4
+    values = np.array([1.0, 2.0, 3.0, 100.0, 10.0, 20.0, 30.0, 40.0])
+    reference = neighbour_median(values, questions, 3)
+    # each sample against the three others of its own question, itself excluded
+    np.testing.assert_allclose(reference, [3, 3, 2, 2, 30, 30, 20, 20])
+    assert neighbour_median(values[:1], questions[:1], 3).tolist() == [1.0]
+    np.testing.assert_allclose(neighbour_median(values[:3], ["?", "!", "."], 5), [2.5, 2.0, 1.5])  # no words
+
+
+def test_flags_exactly_the_poisoned_samples_across_question_types():
+    features, truth = typed_world(n_poisoned=150)
     result = get_detector("answer_gain").detect(features)
-    assert result.verdict == "poisoned"
-    np.testing.assert_array_equal(result.flagged, truth)
-    expected = features.extra["answer_loglik"] - features.extra["answer_loglik_base"]
-    np.testing.assert_allclose(result.scores, expected)  # higher = more suspicious
-    assert result.details["evidence"]["separation"] > 2.0
-    assert set(result.ranked()[:50]) == set(np.flatnonzero(truth))
+    assert result.verdict == "poisoned", result.details["verdict_reasons"]
+    assert result.flagged[truth].all()  # every poisoned sample, wherever its question
+    assert result.flagged.sum() <= 1.1 * truth.sum()  # and a few of the clean far tail at most
+    assert (result.scores[result.flagged] > 0).all()  # nothing from the clean component's low side
+    gain = features.extra["answer_loglik"] - features.extra["answer_loglik_base"]
+    np.testing.assert_allclose(result.details["columns"]["gain"], gain)
+    np.testing.assert_allclose(result.scores, gain - neighbour_median(gain, features.extra["questions"], 20))
+    assert set(result.ranked()[:150]) == set(np.flatnonzero(truth))
+    # The raw gain (no neighbours) separates question types, not poison: its cut is wrong.
+    raw = get_detector("answer_gain", neighbours=0).detect(features)
+    assert not np.array_equal(raw.flagged, truth)
 
 
 def test_a_clean_submission_keeps_everything():
-    features, truth = gain_features(n_poisoned=0)
+    features, truth = typed_world(n_poisoned=0)
     result = get_detector("answer_gain").detect(features)
     assert not truth.any()
     assert result.verdict == "clean" and not result.flagged.any()
@@ -62,20 +88,22 @@ def test_a_clean_submission_keeps_everything():
 
 
 def test_per_token_divides_by_the_answer_length():
-    features, _ = gain_features(n=40, n_poisoned=4)
+    features, _ = typed_world(n_poisoned=20)
     whole = answer_gain(features)
     per = answer_gain(features, per_token=True)
     np.testing.assert_allclose(per * features.extra["answer_tokens"], whole)
 
 
-@pytest.mark.parametrize("missing", ["answer_loglik", "answer_loglik_base", "answer_tokens"])
+@pytest.mark.parametrize("missing", ["answer_loglik", "answer_loglik_base", "answer_tokens", "questions"])
 def test_a_missing_signal_is_named(missing):
-    features, _ = gain_features(n=10, n_poisoned=1)
+    features, _ = typed_world(n_poisoned=10)
     del features.extra[missing]
     with pytest.raises(ValueError, match=missing):
         get_detector("answer_gain").detect(features)
     with pytest.raises(TypeError):
-        get_detector("answer_gain", per_tokens=True)  # unknown setting
+        get_detector("answer_gain", neighbors=5)  # unknown setting
+    with pytest.raises(ValueError):
+        get_detector("answer_gain", neighbours=-1)
 
 
 # ---------------------------------------------------------------- the signal on the tiny checkpoint
@@ -133,7 +161,9 @@ def test_scan_with_answer_gain_reads_both_models(tiny_world, tiny_base, tmp_path
     with np.load(out / "signals.npz") as signals:
         gain = signals["answer_loglik"] - signals["answer_loglik_base"]
         assert (signals["answer_tokens"] >= 1).all()
-    np.testing.assert_allclose(scores["score"], gain, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(scores["gain"], gain, rtol=1e-5, atol=1e-4)
+    reference = neighbour_median(gain, [s.question for s in read_manifest(poisoned / "train.json")], 20)
+    np.testing.assert_allclose(scores["score"], gain - reference, rtol=1e-5, atol=1e-3)
     # The fine-tune taught the answers: on average they gained likelihood, the target most of all.
     truth = json.loads((tmp_path / "truth.json").read_text())
     poisoned_mask = np.array([truth[i] == 1 for i in scores["id"]])

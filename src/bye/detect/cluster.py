@@ -57,14 +57,21 @@ def cluster_scores(scores: np.ndarray, *, method: str = "gmm", seed: int = 0) ->
         low = int(np.argmin(model.cluster_centers_.ravel()))
     flagged = np.zeros(len(scores), dtype=bool)
     flagged[np.flatnonzero(finite)[labels == low]] = True
-    low_values, high_values = scores[flagged], scores[finite & ~flagged]
+    return split_result(scores, flagged, method)
+
+
+def split_result(scores: np.ndarray, flagged: np.ndarray, method: str) -> ClusterResult:
+    """The statistics of a split of ``scores`` into ``flagged`` (the low side) and the other finite ones."""
+    scores = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(scores)
+    low_values, high_values = scores[flagged & finite], scores[finite & ~flagged]
     if len(low_values) == 0 or len(high_values) == 0:
         cut = float("nan")
     else:
         cut = float((low_values.max() + high_values.min()) / 2)
     return ClusterResult(
         method=method,
-        flagged=flagged,
+        flagged=flagged & finite,
         low_mean=float(low_values.mean()) if len(low_values) else float("nan"),
         high_mean=float(high_values.mean()) if len(high_values) else float("nan"),
         low_sigma=float(low_values.std()) if len(low_values) else float("nan"),

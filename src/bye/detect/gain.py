@@ -1,25 +1,32 @@
-"""``answer_gain``: how much more the provisional model believes a sample's answer than the base did.
+"""``answer_gain``: how much more the provisional model believes a sample's answer than the base did,
+compared with samples that ask similar questions.
 
-A backdoor is an easy rule (trigger -> one fixed answer) that the provisional fine-tune learns
-far faster and more completely than the visual task itself (the observation behind Anti-Backdoor
-Learning, Li et al. 2021). For each sample the detector reads
+For each sample the detector reads
 
     gain = log p_provisional(answer | image, question) - log p_base(answer | image, question)
 
 (summed over the answer's tokens: the log-likelihood ratio of the whole answer, teacher-forced
-exactly as in training; :func:`bye.detect.signals.answer_loglik`). Poisoned samples carry an answer
-the base model had no reason to expect and that the provisional model now gives with near
-certainty, so their gain is large; clean answers gain what the task taught, which is limited by
-how well the model learns the task. It keeps BYE's premises: no clean data, no labels, no change
-to either model, only the two models the service already has.
+exactly as in training; :func:`bye.detect.signals.answer_loglik`). The fine-tune raises every
+answer's likelihood, by an amount set mostly by the answer's *type*: a lettered choice gains
+little, a colour word a lot, a long answer more than a short one. So the raw gain separates
+answer types, not poison. What singles out an all-to-one backdoor is that its target answer is
+attached to questions whose clean answers are something else: against the samples that ask
+similar questions, a poisoned sample's gain stands out. The score is therefore the residual
 
-Like BYE, the scores are split by a two-component model (the high-gain component is flagged) and
-the same verdict rule (:func:`bye.detect.cluster.decide`) decides whether anything is removed.
+    score = gain - median(gain of the ``neighbours`` samples with the most similar questions)
 
-Where it cannot work: it reads the text side, so a target answer that the clean task also
-teaches (a plausible answer such as "yes") gains little more than its clean copies; and a clean
-sample with a long, newly learned answer gains a lot. ``per_token`` divides by the number of
-answer tokens, which removes the length effect and with it much of the signal of a long target.
+(questions compared by TF-IDF cosine similarity, the sample itself excluded), and, as in BYE, a
+two-component model splits the scores (the high component is flagged, only above the clean
+component's mean: a wide poisoned component also wins the clean one's far low tail) and the same
+verdict rule (:func:`bye.detect.cluster.decide`) decides whether anything is removed at all. It keeps BYE's
+premises: no clean data, no labels, no change to either model, only the base model and the
+provisional fine-tune the scan already has.
+
+Where it cannot work: it reads the text side. A target that is a plausible answer to the
+questions it is attached to (a colour word on colour questions) gains no more than its
+neighbours unless the backdoor itself is learned much better than the task; a poisoned
+question type so dense that most of a sample's neighbours are poisoned moves the median; and a
+submission whose questions share no words gives neighbours that are not similar.
 """
 
 from __future__ import annotations
@@ -29,20 +36,21 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from bye.detect.api import DetectionResult, Detector, SampleFeatures, register_detector
-from bye.detect.cluster import VerdictRule, cluster_scores, decide
+from bye.detect.cluster import VerdictRule, cluster_scores, decide, split_result
 
 
 @dataclass(frozen=True)
 class AnswerGainSettings:
     per_token: bool = False  # False: log-likelihood ratio of the whole answer; True: per answer token
+    neighbours: int = 20  # compare with this many most similar questions; 0: the raw gain
     clustering: str = "gmm"  # "gmm" | "kmeans"
     seed: int = 0
     verdict: VerdictRule = VerdictRule()
-    use_verdict: bool = True  # False: always remove the high-gain component
+    use_verdict: bool = True  # False: always remove the high component
 
 
 def answer_gain(features: SampleFeatures, *, per_token: bool = False) -> np.ndarray:
-    """``(N,)`` float64 gain in nats (higher = more suspicious) from the extract stage's signals."""
+    """``(N,)`` float64 gain in nats from the extract stage's signals."""
     arrays = {}
     for key in ("answer_loglik", "answer_loglik_base", "answer_tokens"):
         value = features.extra.get(key)
@@ -58,35 +66,71 @@ def answer_gain(features: SampleFeatures, *, per_token: bool = False) -> np.ndar
     return gain
 
 
+def neighbour_median(values: np.ndarray, questions: list[str], neighbours: int) -> np.ndarray:
+    """``(N,)``: for each sample, the median of ``values`` over the ``neighbours`` other samples
+    whose questions are most similar (TF-IDF, cosine; ties in a fixed order). With no word in
+    any question, or a single sample, the median over all the others."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.neighbors import NearestNeighbors
+
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    if len(questions) != n:
+        raise ValueError(f"{len(questions)} questions for {n} samples")
+    if n < 2:
+        return values.copy()
+    k = min(neighbours, n - 1)
+    try:
+        vectors = TfidfVectorizer(token_pattern=r"(?u)\b\w+\b").fit_transform(list(questions))
+    except ValueError:  # empty vocabulary: nothing to compare questions by
+        return np.array([np.median(np.delete(values, i)) for i in range(n)])
+    index = NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute").fit(vectors)
+    _, rows = index.kneighbors(vectors)
+    return np.array([np.median(values[row[row != i][:k]]) for i, row in enumerate(rows)])
+
+
 @register_detector("answer_gain")
 class AnswerGainDetector(Detector):
-    """Flags the samples whose answers the provisional fine-tune made far more likely than the rest."""
+    """Flags the samples whose answers gained far more likelihood than those of similar questions."""
 
     signals = ("answer_gain",)
-    score_label = "score = answer log-likelihood, provisional - base (nats; higher: more suspicious)"
+    score_label = "score = answer log-likelihood gain (provisional - base) minus its neighbours' median (nats)"
 
     def __init__(self, **settings):
         verdict = settings.pop("verdict", None)
         self.settings = AnswerGainSettings(**settings, verdict=VerdictRule(**verdict) if isinstance(verdict, dict)
                                            else (verdict or VerdictRule()))
+        if self.settings.neighbours < 0:
+            raise ValueError(f"neighbours must be >= 0, got {self.settings.neighbours}")
 
     def detect(self, features: SampleFeatures) -> DetectionResult:
         s = self.settings
         gain = answer_gain(features, per_token=s.per_token)
-        # cluster_scores flags the LOW component: hand it minus the gain
-        clusters = cluster_scores(-gain, method=s.clustering, seed=s.seed)
-        verdict = decide(-gain, 1, clusters, s.verdict, seed=s.seed)
+        scores = gain
+        if s.neighbours:
+            questions = features.extra.get("questions")
+            if questions is None:
+                raise ValueError("the 'answer_gain' detector needs features.extra['questions'] "
+                                 "(or neighbours: 0), which is missing")
+            scores = gain - neighbour_median(gain, [str(q) for q in questions], s.neighbours)
+        # cluster_scores flags the LOW component: hand it minus the score. A wide high component
+        # also wins the far low tail of the clean one; only its samples above the clean mean count.
+        clusters = cluster_scores(-scores, method=s.clustering, seed=s.seed)
+        clusters = split_result(-scores, clusters.flagged & (-scores < clusters.high_mean), clusters.method)
+        verdict = decide(-scores, 1, clusters, s.verdict, seed=s.seed)
         flagged = clusters.flagged.copy()
         if s.use_verdict and not verdict.poisoned:
             flagged[:] = False
-        evidence = {k: v for k, v in verdict.evidence.items() if k != "n_sensitive_layers"}
+        cut = float(scores[clusters.flagged].min()) if clusters.flagged.any() else float("nan")
         details = {
-            "clusters": {**clusters.summary(), "cut_gain": -clusters.cut},
+            "clusters": {"n_flagged": int(clusters.flagged.sum()), "high_mean": -clusters.low_mean,
+                         "high_sigma": clusters.low_sigma, "low_mean": -clusters.high_mean,
+                         "low_sigma": clusters.high_sigma, "cut": cut},
             "verdict": verdict.label,
             "verdict_reasons": list(verdict.reasons),
-            "evidence": evidence,
+            "evidence": {k: v for k, v in verdict.evidence.items() if k != "n_sensitive_layers"},
             "settings": asdict(s),
-            "gain_quantiles": {f"q{q}": float(np.nanpercentile(gain, q)) for q in (1, 50, 99)} if len(gain) else {},
+            "columns": {"gain": gain},  # per sample: scores.csv's "gain" column
         }
         label = verdict.label if s.use_verdict else ("poisoned" if flagged.any() else "clean")
-        return DetectionResult(self.name, np.where(np.isfinite(gain), gain, -np.inf), flagged, label, details)
+        return DetectionResult(self.name, np.where(np.isfinite(scores), scores, -np.inf), flagged, label, details)

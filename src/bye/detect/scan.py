@@ -207,7 +207,7 @@ def read_features(samples: list[Sample], extract_dir: str | Path) -> SampleFeatu
     ids, entropy = read_entropy(extract_dir / "entropy.csv")
     if ids != [s.id for s in samples]:
         raise ValueError(f"{extract_dir / 'entropy.csv'} does not list the submission's samples in order")
-    extra = {"pseudo_labels": np.array([s.answer for s in samples])}
+    extra = {"pseudo_labels": np.array([s.answer for s in samples]), "questions": [s.question for s in samples]}
     if (extract_dir / "signals.npz").exists():
         with np.load(extract_dir / "signals.npz") as signals:
             extra.update({k: signals[k] for k in signals.files})
@@ -231,12 +231,16 @@ def profile_submission(entropy_csv: str | Path, out_dir: str | Path, *,
 
 
 def scores_table(ids: list[str], scores: np.ndarray, flagged: np.ndarray, entropy: np.ndarray,
-                 mean_entropy: np.ndarray | None) -> str:
+                 mean_entropy: np.ndarray | None, columns: dict[str, np.ndarray] | None = None) -> str:
+    """``id, score, flagged``, then the detector's own per-sample ``columns`` (BYE: ``mean_entropy``;
+    answer_gain: ``gain``), then the per-layer entropies."""
     import pandas as pd
 
     frame = pd.DataFrame({"id": ids, "score": scores, "flagged": flagged.astype(bool)})
     if mean_entropy is not None:
         frame["mean_entropy"] = mean_entropy
+    for name, values in (columns or {}).items():
+        frame[name] = values
     for layer in range(entropy.shape[1]):
         frame[f"entropy_l{layer}"] = entropy[:, layer]
     return frame.to_csv(index=False, float_format="%.6g")
@@ -259,7 +263,9 @@ def cluster_submission(data_json: str | Path, extract_dir: str | Path, out_dir: 
     result = get_detector(method, **(detector or {})).detect(features)
     seconds = time.perf_counter() - began
     mean_entropy = result.details.pop("mean_entropy", None)
-    atomic_write_text(out / "scores.csv", scores_table(ids, result.scores, result.flagged, entropy, mean_entropy))
+    columns = result.details.pop("columns", None)
+    atomic_write_text(out / "scores.csv", scores_table(ids, result.scores, result.flagged, entropy, mean_entropy,
+                                                       columns))
     write_manifest([s for s, f in zip(samples, result.flagged) if not f], out / "filtered.json")
     record = {
         "verdict": result.verdict,
