@@ -185,7 +185,9 @@ def extract_flow(root: str = ".", params_path: str = "params.yaml",
     """Per-layer attention entropy; gate: one finite row per sample, within [0, ln K]."""
     import pandas as pd
 
-    from tasks.expectations import check_entropy
+    import numpy as np
+
+    from tasks.expectations import check_answer_loglik, check_entropy
 
     layout, params = context(root, params_path, overrides, base)
     _, settings = scan_settings(params)
@@ -198,6 +200,11 @@ def extract_flow(root: str = ".", params_path: str = "params.yaml",
         gate(run, check_entropy, table, ids=ids, n_image_tokens=record["n_image_tokens"],
              docs_dir=layout.gx / "extract")
         run.file(layout.extract / "entropy.csv")
+        if "answer_gain" in settings.extract.signals:
+            with np.load(layout.extract / "signals.npz") as signals:
+                loglik = pd.DataFrame({"id": ids, **{k: signals[k] for k in
+                                                     ("answer_loglik", "answer_loglik_base", "answer_tokens")}})
+            gate(run, check_answer_loglik, loglik, ids=ids, docs_dir=layout.gx / "extract")
     return record
 
 

@@ -227,6 +227,26 @@ def check_entropy(table: pd.DataFrame, *, ids: list[str], n_image_tokens: int,
     ], docs_dir=docs_dir)
 
 
+def check_answer_loglik(table: pd.DataFrame, *, ids: list[str], docs_dir: str | Path | None = None) -> dict:
+    """The answer_gain signal (id, answer_loglik, answer_loglik_base, answer_tokens): one row per
+    sample, log-likelihoods finite and <= 0 (1e-6 slack), at least one answer token each."""
+    gxe = _gx().expectations
+    columns = ["answer_loglik", "answer_loglik_base"]
+    return validate("answer_loglik", table, [
+        gxe.ExpectTableRowCountToEqual(value=len(ids)),
+        gxe.ExpectTableColumnsToMatchSet(column_set=["id", *columns, "answer_tokens"], exact_match=False),
+        gxe.ExpectColumnValuesToBeUnique(column="id"),
+        gxe.ExpectColumnDistinctValuesToContainSet(column="id", value_set=list(ids),
+                                                   description="every sample has a row"),
+        *[e for c in columns for e in (
+            gxe.ExpectColumnValuesToNotBeNull(column=c),
+            gxe.ExpectColumnValuesToBeBetween(column=c, max_value=1e-6,
+                                              description=f"{c} is a log-probability (finite, <= 0)"))],
+        gxe.ExpectColumnValuesToBeBetween(column="answer_tokens", min_value=1,
+                                          description="every answer has a token"),
+    ], docs_dir=docs_dir)
+
+
 PROFILE_COLUMNS = ["layer", "mean_0", "mean_1", "sigma_0", "sigma_1", "weight_0", "weight_1", "gap", "bsi",
                    "code_margin", "sensitive"]
 

@@ -10,6 +10,7 @@ import pytest
 
 from tasks.expectations import (
     ExpectationsFailed,
+    check_answer_loglik,
     check_cluster,
     check_entropy,
     check_ingested,
@@ -93,6 +94,25 @@ def test_entropy_nan_and_missing_sample():
     assert "expect_column_values_to_not_be_null(column='entropy_l1')" in message and "unexpected_id=['s1']" in message
     assert "expect_column_values_to_be_in_set(column='id')" in message  # s3 is not a known sample
     assert "partial_missing_list=['s9']" in message  # s9 has no row
+
+
+def loglik_table(**overrides) -> pd.DataFrame:
+    data = {"id": IDS, "answer_loglik": [-0.1, -2.0, -0.5, -30.0], "answer_loglik_base": [-3.0, -4.0, -9.0, -35.0],
+            "answer_tokens": [1, 1, 2, 4]}
+    return pd.DataFrame({**data, **overrides})
+
+
+def test_answer_loglik_passes():
+    assert check_answer_loglik(loglik_table(), ids=IDS)["success"]
+
+
+def test_answer_loglik_positive_nan_and_no_token():
+    table = loglik_table(answer_loglik=[-0.1, 0.5, -0.5, float("nan")], answer_tokens=[1, 0, 2, 4])
+    message = fails(check_answer_loglik, table, ids=IDS)
+    assert "expect_column_values_to_be_between(column='answer_loglik')" in message and "unexpected_id=['s1']" in message
+    assert "expect_column_values_to_not_be_null(column='answer_loglik')" in message
+    assert "expect_column_values_to_be_between(column='answer_tokens')" in message
+    assert "expect_table_row_count_to_equal" in fails(check_answer_loglik, loglik_table(), ids=[*IDS, "s4"])
 
 
 # --------------------------------------------------------------------------------------------- profile

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from bye.config import load_params
 from bye.detect.api import DETECTORS, SampleFeatures, get_detector
-from bye.detect.gain import answer_gain, neighbour_median
+from bye.detect.gain import answer_gain, empty_gap, neighbour_median, widest_gap_cut
 from bye.detect.signals import answer_loglik
 from bye.data.submission import read_manifest
 
@@ -64,9 +64,8 @@ def test_flags_exactly_the_poisoned_samples_across_question_types():
     features, truth = typed_world(n_poisoned=150)
     result = get_detector("answer_gain").detect(features)
     assert result.verdict == "poisoned", result.details["verdict_reasons"]
-    assert result.flagged[truth].all()  # every poisoned sample, wherever its question
-    assert result.flagged.sum() <= 1.1 * truth.sum()  # and a few of the clean far tail at most
-    assert (result.scores[result.flagged] > 0).all()  # nothing from the clean component's low side
+    np.testing.assert_array_equal(result.flagged, truth)  # every poisoned sample, wherever its question
+    assert result.details["evidence"]["gap"] > 1.0
     gain = features.extra["answer_loglik"] - features.extra["answer_loglik_base"]
     np.testing.assert_allclose(result.details["columns"]["gain"], gain)
     np.testing.assert_allclose(result.scores, gain - neighbour_median(gain, features.extra["questions"], 20))
@@ -76,12 +75,22 @@ def test_flags_exactly_the_poisoned_samples_across_question_types():
     assert not np.array_equal(raw.flagged, truth)
 
 
+def test_empty_gap_is_in_kept_sigmas():
+    scores = np.array([0.0, 1.0, 2.0, 1.0, 9.0, 10.0, np.nan])
+    flagged = np.array([False, False, False, False, True, True, False])
+    assert empty_gap(scores, flagged) == pytest.approx((9.0 - 2.0) / np.std([0.0, 1.0, 2.0, 1.0]))
+    assert empty_gap(scores, np.zeros(7, bool)) == 0.0
+    assert widest_gap_cut(scores, 0.0, 10.0) == 5.5  # between 2 and 9
+    assert widest_gap_cut(scores, 3.0, 2.0) == np.inf  # not two modes
+    assert empty_gap(scores, np.array([False, True, False, False, True, True, False])) < 0  # interleaved
+
+
 def test_a_clean_submission_keeps_everything():
     features, truth = typed_world(n_poisoned=0)
     result = get_detector("answer_gain").detect(features)
     assert not truth.any()
     assert result.verdict == "clean" and not result.flagged.any()
-    assert result.details["verdict_reasons"]  # says why
+    assert any("gap" in reason for reason in result.details["verdict_reasons"])  # says why
     # Without the verdict (the published behaviour) a component is always removed.
     forced = get_detector("answer_gain", use_verdict=False).detect(features)
     assert forced.flagged.any() and forced.verdict == "poisoned"

@@ -16,9 +16,13 @@ similar questions, a poisoned sample's gain stands out. The score is therefore t
     score = gain - median(gain of the ``neighbours`` samples with the most similar questions)
 
 (questions compared by TF-IDF cosine similarity, the sample itself excluded), and, as in BYE, a
-two-component model splits the scores (the high component is flagged, only above the clean
-component's mean: a wide poisoned component also wins the clean one's far low tail) and the same
-verdict rule (:func:`bye.detect.cluster.decide`) decides whether anything is removed at all. It keeps BYE's
+two-component model locates the two modes of the scores and the cut goes through the widest
+empty interval between them (a wide poisoned component would otherwise also win the clean
+component's tails), everything above it flagged. The verdict
+is BYE's rule (:func:`bye.detect.cluster.decide`: BIC, separation, minority) plus one condition
+measured on clean worlds: an *empty gap* of at least ``min_gap`` kept-sample sigmas between the
+highest kept and the lowest flagged score. On a clean submission the residuals are one
+population and a two-component fit splits a continuum (gap ~0); a backdoor's samples sit apart. It keeps BYE's
 premises: no clean data, no labels, no change to either model, only the base model and the
 provisional fine-tune the scan already has.
 
@@ -45,6 +49,7 @@ class AnswerGainSettings:
     neighbours: int = 20  # compare with this many most similar questions; 0: the raw gain
     clustering: str = "gmm"  # "gmm" | "kmeans"
     seed: int = 0
+    min_gap: float = 1.0  # verdict: an empty gap of this many kept-sample sigmas below the flagged ones
     verdict: VerdictRule = VerdictRule()
     use_verdict: bool = True  # False: always remove the high component
 
@@ -89,6 +94,27 @@ def neighbour_median(values: np.ndarray, questions: list[str], neighbours: int) 
     return np.array([np.median(values[row[row != i][:k]]) for i, row in enumerate(rows)])
 
 
+def widest_gap_cut(scores: np.ndarray, low: float, high: float) -> float:
+    """The middle of the widest empty interval between consecutive finite scores in ``[low, high]``
+    (the two modes); ``inf`` (nothing above the cut) when the modes are not two."""
+    values = np.sort(scores[np.isfinite(scores)])
+    between = values[(values >= low) & (values <= high)]
+    if not np.isfinite(low) or not np.isfinite(high) or high <= low or len(between) < 2:
+        return float("inf")
+    step = int(np.argmax(np.diff(between)))
+    return float((between[step] + between[step + 1]) / 2)
+
+
+def empty_gap(scores: np.ndarray, flagged: np.ndarray) -> float:
+    """``(lowest flagged score - highest kept score) / sd(kept scores)``: how far apart the two
+    sides of a cut are, in the kept samples' sigmas (0 when nothing or everything is flagged)."""
+    finite = np.isfinite(scores)
+    high, kept = scores[flagged & finite], scores[~flagged & finite]
+    if len(high) == 0 or len(kept) < 2 or kept.std() == 0:
+        return 0.0
+    return float((high.min() - kept.max()) / kept.std())
+
+
 @register_detector("answer_gain")
 class AnswerGainDetector(Detector):
     """Flags the samples whose answers gained far more likelihood than those of similar questions."""
@@ -113,24 +139,30 @@ class AnswerGainDetector(Detector):
                 raise ValueError("the 'answer_gain' detector needs features.extra['questions'] "
                                  "(or neighbours: 0), which is missing")
             scores = gain - neighbour_median(gain, [str(q) for q in questions], s.neighbours)
-        # cluster_scores flags the LOW component: hand it minus the score. A wide high component
-        # also wins the far low tail of the clean one; only its samples above the clean mean count.
-        clusters = cluster_scores(-scores, method=s.clustering, seed=s.seed)
-        clusters = split_result(-scores, clusters.flagged & (-scores < clusters.high_mean), clusters.method)
+        # The two-component model locates the modes (cluster_scores flags the LOW component: hand
+        # it minus the score); the cut is the widest empty interval between them.
+        modes = cluster_scores(-scores, method=s.clustering, seed=s.seed)
+        clusters = split_result(-scores, scores > widest_gap_cut(scores, -modes.high_mean, -modes.low_mean),
+                                modes.method)
         verdict = decide(-scores, 1, clusters, s.verdict, seed=s.seed)
+        gap = empty_gap(scores, clusters.flagged)
+        reasons = list(verdict.reasons)
+        if gap < s.min_gap:
+            reasons.append(f"no empty gap below the flagged samples ({gap:.2f} < {s.min_gap} kept sigmas)")
+        poisoned = not reasons
         flagged = clusters.flagged.copy()
-        if s.use_verdict and not verdict.poisoned:
+        if s.use_verdict and not poisoned:
             flagged[:] = False
         cut = float(scores[clusters.flagged].min()) if clusters.flagged.any() else float("nan")
         details = {
             "clusters": {"n_flagged": int(clusters.flagged.sum()), "high_mean": -clusters.low_mean,
                          "high_sigma": clusters.low_sigma, "low_mean": -clusters.high_mean,
                          "low_sigma": clusters.high_sigma, "cut": cut},
-            "verdict": verdict.label,
-            "verdict_reasons": list(verdict.reasons),
-            "evidence": {k: v for k, v in verdict.evidence.items() if k != "n_sensitive_layers"},
+            "verdict": "poisoned" if poisoned else "clean",
+            "verdict_reasons": reasons,
+            "evidence": {**{k: v for k, v in verdict.evidence.items() if k != "n_sensitive_layers"}, "gap": gap},
             "settings": asdict(s),
             "columns": {"gain": gain},  # per sample: scores.csv's "gain" column
         }
-        label = verdict.label if s.use_verdict else ("poisoned" if flagged.any() else "clean")
+        label = details["verdict"] if s.use_verdict else ("poisoned" if flagged.any() else "clean")
         return DetectionResult(self.name, np.where(np.isfinite(scores), scores, -np.inf), flagged, label, details)
