@@ -22,10 +22,20 @@ from bye.config import build, load_params
 from bye.data.submission import read_manifest
 from bye.data.world import WorldConfig, write_world
 from bye.detect.api import get_detector
-from bye.detect.scan import read_features, scan_submission
+from bye.detect.scan import cluster_submission, profile_submission, read_features, scan_submission
 from bye.settings import scan_settings
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def _signals(scan: Path) -> set[str]:
+    """The signals a kept scan holds (by the names ``extract.signals`` uses)."""
+    if not (scan / "signals.npz").exists():
+        return set()
+    with np.load(scan / "signals.npz") as saved:
+        names = set(saved.files)
+    return ({"hidden"} & names) | ({"strip"} if "strip_entropy" in names else set()) | (
+        {"answer_gain"} if "answer_loglik" in names else set())
 
 
 def main() -> None:
@@ -34,7 +44,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=str, default="1,2,3")
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--method", default=None, help="detector (default: params' cluster.method)")
-    parser.add_argument("--keep", type=Path, default=None, help="keep each world and scan under this folder")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep each world and scan under this folder; a rerun reuses them and only re-clusters")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     params = load_params(args.params)
@@ -42,14 +53,24 @@ def main() -> None:
     name = "verdict" if args.method is None else f"verdict_{settings.method}"
     scene = build(WorldConfig, params.get("world", {}).get("scene"))
     rows = []
+    rescored = False
     began = time.perf_counter()
     for seed in [int(s) for s in args.seeds.split(",")]:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp) if args.keep is None else args.keep / f"seed-{seed}"
-            write_world(tmp / "world", n_train=args.n_train, n_test=0, seed=seed, config=scene)
-            record = scan_submission(tmp / "world" / "train.json", tmp / "world" / "images", args.base, tmp / "scan",
-                                     finetune_settings=lora, settings=settings, progress=False)
-            features = read_features(read_manifest(tmp / "world" / "train.json"), tmp / "scan")
+            data = tmp / "world" / "train.json"
+            if (tmp / "scan" / "verdict.json").exists() and set(settings.extract.signals) <= _signals(tmp / "scan"):
+                profile, rescored = None, True
+                if settings.method == "bye":
+                    profile_submission(tmp / "scan" / "entropy.csv", tmp / "scan", settings=settings.profile)
+                    profile = tmp / "scan" / "profile.json"
+                record = cluster_submission(data, tmp / "scan", tmp / "scan", profile_json=profile,
+                                            method=settings.method, detector=settings.detector)
+            else:
+                write_world(tmp / "world", n_train=args.n_train, n_test=0, seed=seed, config=scene)
+                record = scan_submission(data, tmp / "world" / "images", args.base, tmp / "scan",
+                                         finetune_settings=lora, settings=settings, progress=False)
+            features = read_features(read_manifest(data), tmp / "scan")
             forced = get_detector(settings.method, **{**settings.detector, "use_verdict": False}).detect(features)
             rows.append({
                 "seed": seed,
@@ -67,12 +88,16 @@ def main() -> None:
         "false_alarm_rate": float(np.mean([r["verdict"] == "poisoned" for r in rows])),
         "mean_kept_fraction": float(1 - np.mean([r["removed_fraction"] for r in rows])),
         "seconds": time.perf_counter() - began,
+        "rescored_from_kept_scans": rescored,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    lines = ["| world seed | verdict | removed | always-remove-a-cluster would remove (all layers when none is sensitive; the published code crashes there) | sensitive layers |", "|---|---|---|---|---|"]
+    lines = ["| world seed | verdict | removed | without the verdict would remove (BYE: the published method; all "
+             "layers when none is sensitive, where the published code crashes) | sensitive layers | evidence |",
+             "|---|---|---|---|---|---|"]
     lines += [f"| {r['seed']} | {r['verdict']} | {r['removed_fraction']:.1%} | {r['published_removed_fraction']:.1%} "
-              f"| {r['sensitive_layers']} |" for r in rows]
+              f"| {r['sensitive_layers']} | " + ", ".join(f"{k} {v:.3g}" for k, v in r["evidence"].items()
+                                                       if isinstance(v, (int, float))) + " |" for r in rows]
     (RESULTS / f"{name}.md").write_text(
         f"# Verdict on clean worlds ({settings.method})\n\nFalse-alarm rate {summary['false_alarm_rate']:.0%}, mean kept "
         f"{summary['mean_kept_fraction']:.1%} ({args.n_train} samples each).\n\n" + "\n".join(lines) + "\n")
