@@ -71,12 +71,15 @@ bench-matrix: $(STAMP)
 # Provisional fine-tune length against F1 and the filtering overhead (benchmarks/results/cost.md).
 bench-cost: $(STAMP)
 	$(BIN)/dvc repro dvc.yaml:world dvc.yaml:base
-	$(BIN)/python benchmarks/cost.py --triggers sig,badnets --rate 0.1 --epochs 0.5,1,2,3
+	for method in bye answer_gain; do \
+	  $(BIN)/python benchmarks/cost.py --method $$method --triggers sig,badnets --rate 0.1 --epochs 0.5,1,2,3 || exit 1; done
 
-# False alarms: scans clean worlds of other seeds with the demo's base model.
+# False alarms: scans clean worlds of other seeds with the demo's base model (kept in .cache/verdict,
+# so the second detector only re-clusters the first one's scans).
 bench-verdict: $(STAMP)
-	$(BIN)/dvc repro base
-	$(BIN)/python benchmarks/verdict.py --base models/base --seeds 1,2,3
+	$(BIN)/dvc repro dvc.yaml:base
+	$(BIN)/python benchmarks/verdict.py --base models/base --seeds 1,2,3 --keep .cache/verdict --method answer_gain
+	$(BIN)/python benchmarks/verdict.py --base models/base --seeds 1,2,3 --keep .cache/verdict --method bye
 
 clean:
 	rm -rf data/world models metrics reports .cache runs mlflow.db mlruns

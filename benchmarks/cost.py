@@ -105,7 +105,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     method = scan_settings(params, method=args.method)[1].method
-    out = args.out or RESULTS / ("cost.json" if args.method is None else f"cost_{method}.json")
+    out = args.out or RESULTS / ("cost.json" if method == "bye" else f"cost_{method}.json")
     epochs = [float(e) for e in args.epochs.split(",")]
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -50,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     lora, settings = scan_settings(params, method=args.method)
-    name = "verdict" if args.method is None else f"verdict_{settings.method}"
+    name = "verdict" if settings.method == "bye" else f"verdict_{settings.method}"
     scene = build(WorldConfig, params.get("world", {}).get("scene"))
     rows = []
     rescored = False

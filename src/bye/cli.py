@@ -181,7 +181,7 @@ def poison(data_json, images_dir, attack, rate, target, out_dir, truth_json, see
 
 @main.command()
 @manifest_model_options
-@click.option("--method", type=str, default=None, help="Detector name (params: cluster.method; default bye).")
+@click.option("--method", type=str, default=None, help="Detector name (default: params cluster.method).")
 @click.option("--epochs", type=float, default=None, help="Provisional fine-tune epochs (params: provisional.epochs).")
 @params_option
 def scan(data_json, images_dir, base_dir, out_dir, method, epochs, params_path):
@@ -232,7 +232,7 @@ def profile(entropy_csv, out_dir, params_path):
 @click.option("--profile", "profile_json", type=click.Path(exists=True, dir_okay=False), default=None,
               help="profile.json of the profile stage (BYE profiles the layers itself without it).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
-@click.option("--method", type=str, default=None, help="Detector name (params: cluster.method; default bye).")
+@click.option("--method", type=str, default=None, help="Detector name (default: params cluster.method).")
 @params_option
 def cluster(data_json, images_dir, extract_dir, profile_json, out_dir, method, params_path):
     """Score and flag every sample, decide the verdict: write scores.csv, filtered.json, verdict.json to OUT."""
