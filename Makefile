@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-threat bench-verdict bench-matrix bench-cost clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-threat bench-verdict bench-matrix bench-cost bench-target clean prefect-server ui
 
 install: $(STAMP)
 
@@ -53,7 +53,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 # Benchmarks write benchmarks/results/*.json and *.md (machine described inside); never run in CI.
-bench: bench-extract bench-threat bench-verdict bench-matrix bench-cost
+bench: bench-extract bench-threat bench-verdict bench-matrix bench-cost bench-target
 
 # Needs the demo's world and base model (dvc repro world base).
 bench-threat: $(STAMP)
@@ -73,6 +73,11 @@ bench-cost: $(STAMP)
 	$(BIN)/dvc repro dvc.yaml:world dvc.yaml:base
 	for method in bye answer_gain; do \
 	  $(BIN)/python benchmarks/cost.py --method $$method --triggers sig,badnets --rate 0.1 --epochs 0.5,1,2,3 || exit 1; done
+
+# Plausible backdoor targets (a letter, a colour word): where the text-side detector should fail.
+bench-target: $(STAMP)
+	$(BIN)/dvc repro dvc.yaml:world dvc.yaml:base
+	$(BIN)/python benchmarks/target.py --trigger badnets --rate 0.1 --targets A,red
 
 # False alarms: scans clean worlds of other seeds with the demo's base model (kept in .cache/verdict,
 # so the second detector only re-clusters the first one's scans).
