@@ -12,10 +12,12 @@ def test_params_file_builds_every_section(tmp_path):
     lora, scan = scan_settings(params)
     assert lora == build(LoraSettings, {**params["finetune"], **params["provisional"]})
     assert scan.method == params["cluster"]["method"]
-    bye = params["cluster"]["detectors"]["bye"]
-    assert scan.detector["verdict"]["max_flagged_fraction"] == bye["verdict"]["max_flagged_fraction"]
-    assert (scan.detector["rule"], scan.detector["tau"]) == (params["profile"]["rule"], params["profile"]["tau"])
+    chosen = params["cluster"]["detectors"][scan.method]
+    assert scan.detector["verdict"]["max_flagged_fraction"] == chosen["verdict"]["max_flagged_fraction"]
     assert scan.extract.batch_size == params["extract"]["batch_size"]
+    _, bye = scan_settings(params, method="bye")  # the separation rule lives with the profile stage
+    assert bye.detector["verdict"] == params["cluster"]["detectors"]["bye"]["verdict"]
+    assert (bye.detector["rule"], bye.detector["tau"]) == (params["profile"]["rule"], params["profile"]["tau"])
 
 
 def test_flags_override_params_and_unknown_keys_are_refused():
