@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common import world_arguments
+
 from bye.attacks.poison import poison_submission
 from bye.config import load_params
 from bye.detect.scan import scan_submission
@@ -93,14 +95,10 @@ def markdown(record: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--world", type=Path, default=Path("data/world"))
-    parser.add_argument("--base", type=Path, default=Path("models/base"))
+    parser = world_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--triggers", default="sig,badnets")
-    parser.add_argument("--rate", type=float, default=0.1)
     parser.add_argument("--epochs", default="0.5,1,2,3")
     parser.add_argument("--method", default=None, help="detector (default: params' cluster.method)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, default=None, help="default: results/cost.json, cost_METHOD.json")
     args = parser.parse_args()
     params = load_params(args.params)

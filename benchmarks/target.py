@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import world_arguments
+
 from bye.attacks.poison import poison_submission
 from bye.config import load_params
 from bye.data.submission import read_manifest
@@ -59,14 +61,10 @@ def run_target(target: str, args, params: dict, work: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--world", type=Path, default=Path("data/world"))
-    parser.add_argument("--base", type=Path, default=Path("models/base"))
+    parser = world_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--trigger", default="badnets")
-    parser.add_argument("--rate", type=float, default=0.1)
     parser.add_argument("--targets", default="A,red")
     parser.add_argument("--methods", default="answer_gain,bye")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     params = load_params(args.params)
     began = time.perf_counter()

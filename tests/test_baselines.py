@@ -15,6 +15,7 @@ from bye.detect.signals import (
     overlay_partners,
     strip_entropy,
 )
+from tiny import tiny_samples
 
 BASELINES = ("spectral", "activation_clustering", "strip", "random_drop", "none", "oracle")
 
@@ -175,14 +176,7 @@ def test_settings_are_checked():
 
 @pytest.fixture(scope="module")
 def tiny(tiny_base, tiny_world):
-    from bye.data.submission import images_dir_for, read_manifest, resolve_image
-    from bye.models.chat import open_rgb
-    from bye.models.loading import load_for_inference
-
-    model, processor = load_for_inference(tiny_base)
-    samples = read_manifest(tiny_world / "train.json")[:6]
-    images = [open_rgb(resolve_image(images_dir_for(tiny_world / "train.json"), s.image)) for s in samples]
-    questions = [s.question for s in samples]
+    model, processor, images, questions, answers = tiny_samples(tiny_base, tiny_world, 6)
     # The briefly pre-trained model's decision states differ little between samples and its
     # first-token distribution is almost uniform. A random head (untied from the embeddings) that
     # reads only what varies around their mean makes STRIP's entropies differ between samples
@@ -195,7 +189,7 @@ def tiny(tiny_base, tiny_world):
     with torch.no_grad():
         model.lm_head.weight.copy_(head - torch.outer(head @ mean, mean))
     assert len({len(processor.tokenizer(q)["input_ids"]) for q in questions}) > 1  # batches get padded
-    return model, processor, images, questions, [s.answer for s in samples]
+    return model, processor, images, questions, answers
 
 
 def _single_forward(model, processor, image, question):

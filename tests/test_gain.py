@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 
 from bye.config import load_params
+from bye.data.submission import read_manifest
 from bye.detect.api import DETECTORS, SampleFeatures, get_detector
 from bye.detect.gain import answer_gain, empty_gap, neighbour_median, widest_gap_cut
 from bye.detect.signals import answer_loglik
-from bye.data.submission import read_manifest
+from tiny import poison_and_scan, tiny_samples
 
 
 SHAPES = ("circle", "square", "triangle", "star", "cross")
@@ -119,16 +119,9 @@ def test_a_missing_signal_is_named(missing):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_base, tiny_world):
-    from bye.data.submission import images_dir_for, read_manifest, resolve_image
-    from bye.models.chat import open_rgb
-    from bye.models.loading import load_for_inference
-
-    model, processor = load_for_inference(tiny_base)
-    samples = read_manifest(tiny_world / "train.json")[:7]
-    images = [open_rgb(resolve_image(images_dir_for(tiny_world / "train.json"), s.image)) for s in samples]
-    answers = [s.answer for s in samples]
+    model, processor, images, questions, answers = tiny_samples(tiny_base, tiny_world, 7)
     answers[1] = "Backdoor Attack!"  # a longer answer, so batches pad the answers too
-    return model, processor, images, [s.question for s in samples], answers
+    return model, processor, images, questions, answers
 
 
 def test_answer_loglik_is_minus_the_training_loss_batched_or_not(tiny):
@@ -150,20 +143,10 @@ def test_answer_loglik_is_minus_the_training_loss_batched_or_not(tiny):
 
 
 def test_scan_with_answer_gain_reads_both_models(tiny_world, tiny_base, tmp_path):
-    from bye.cli import main
-
-    runner = CliRunner()
-    poisoned = tmp_path / "submission"
-    result = runner.invoke(main, ["poison", str(tiny_world / "train.json"), "--attack", "sig", "--rate", "0.2",
-                                  "--out", str(poisoned), "--truth", str(tmp_path / "truth.json"), "--seed", "1"])
-    assert result.exit_code == 0, result.output
-    params = tmp_path / "params.yaml"
-    params.write_text("finetune: {rank: 4, alpha: 8, batch_size: 8, checkpoint_every: 0, learning_rate: 0.003}\n"
-                      "provisional: {epochs: 2}\nextract: {batch_size: 8, keep_attention: false}\n")
-    out = tmp_path / "scan"
-    result = runner.invoke(main, ["scan", str(poisoned / "train.json"), "--base", str(tiny_base), "--out", str(out),
-                                  "--params", str(params), "--method", "answer_gain"])
-    assert result.exit_code == 0, result.output
+    poisoned, out = poison_and_scan(
+        tiny_world, tiny_base, tmp_path, attack="sig", scan_args=("--method", "answer_gain"),
+        params="finetune: {rank: 4, alpha: 8, batch_size: 8, checkpoint_every: 0, learning_rate: 0.003}\n"
+               "provisional: {epochs: 2}\nextract: {batch_size: 8, keep_attention: false}\n")
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["method"] == "answer_gain" and verdict["verdict"] in {"poisoned", "clean"}
     scores = pd.read_csv(out / "scores.csv", dtype={"id": str})

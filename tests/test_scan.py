@@ -7,21 +7,15 @@ from click.testing import CliRunner
 
 from bye.cli import main
 from bye.data.submission import read_manifest
+from tiny import poison_and_scan
 
 
 def test_scan_cli_writes_scores_filtered_manifest_and_verdict(tiny_world, tiny_base, tmp_path):
     runner = CliRunner()
-    poisoned = tmp_path / "submission"
-    result = runner.invoke(main, ["poison", str(tiny_world / "train.json"), "--attack", "badnets", "--rate", "0.2",
-                                  "--out", str(poisoned), "--truth", str(tmp_path / "truth.json"), "--seed", "1"])
-    assert result.exit_code == 0, result.output
+    poisoned, out = poison_and_scan(tiny_world, tiny_base, tmp_path, attack="badnets",
+                                    params="finetune: {rank: 4, alpha: 8, batch_size: 8, checkpoint_every: 0}\n"
+                                           "provisional: {epochs: 1}\nextract: {batch_size: 8}\n")
     params = tmp_path / "params.yaml"
-    params.write_text("finetune: {rank: 4, alpha: 8, batch_size: 8, checkpoint_every: 0}\n"
-                      "provisional: {epochs: 1}\nextract: {batch_size: 8}\n")
-    out = tmp_path / "scan"
-    result = runner.invoke(main, ["scan", str(poisoned / "train.json"), "--base", str(tiny_base), "--out", str(out),
-                                  "--params", str(params)])
-    assert result.exit_code == 0, result.output
     samples = read_manifest(poisoned / "train.json")
     scores = pd.read_csv(out / "scores.csv", dtype={"id": str})
     assert list(scores["id"]) == [s.id for s in samples]
