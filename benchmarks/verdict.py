@@ -22,20 +22,10 @@ from bye.config import build, load_params
 from bye.data.submission import read_manifest
 from bye.data.world import WorldConfig, write_world
 from bye.detect.api import get_detector
-from bye.detect.scan import cluster_submission, profile_submission, read_features, scan_submission
+from bye.detect.scan import cluster_submission, profile_submission, read_features, saved_signals, scan_submission
 from bye.settings import scan_settings
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def _signals(scan: Path) -> set[str]:
-    """The signals a kept scan holds (by the names ``extract.signals`` uses)."""
-    if not (scan / "signals.npz").exists():
-        return set()
-    with np.load(scan / "signals.npz") as saved:
-        names = set(saved.files)
-    return ({"hidden"} & names) | ({"strip"} if "strip_entropy" in names else set()) | (
-        {"answer_gain"} if "answer_loglik" in names else set())
 
 
 def main() -> None:
@@ -59,7 +49,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp) if args.keep is None else args.keep / f"seed-{seed}"
             data = tmp / "world" / "train.json"
-            if (tmp / "scan" / "verdict.json").exists() and set(settings.extract.signals) <= _signals(tmp / "scan"):
+            if (tmp / "scan" / "verdict.json").exists() and set(settings.extract.signals) <= saved_signals(tmp / "scan"):
                 profile, rescored = None, True
                 if settings.method == "bye":
                     profile_submission(tmp / "scan" / "entropy.csv", tmp / "scan", settings=settings.profile)

@@ -183,10 +183,10 @@ def provisional_flow(root: str = ".", params_path: str = "params.yaml",
 def extract_flow(root: str = ".", params_path: str = "params.yaml",
               overrides: dict | None = None, base: str | None = None) -> dict:
     """Per-layer attention entropy; gate: one finite row per sample, within [0, ln K]."""
+    import numpy as np
     import pandas as pd
 
-    import numpy as np
-
+    from bye.detect.scan import SIGNAL_ARRAYS
     from tasks.expectations import check_answer_loglik, check_entropy
 
     layout, params = context(root, params_path, overrides, base)
@@ -202,8 +202,7 @@ def extract_flow(root: str = ".", params_path: str = "params.yaml",
         run.file(layout.extract / "entropy.csv")
         if "answer_gain" in settings.extract.signals:
             with np.load(layout.extract / "signals.npz") as signals:
-                loglik = pd.DataFrame({"id": ids, **{k: signals[k] for k in
-                                                     ("answer_loglik", "answer_loglik_base", "answer_tokens")}})
+                loglik = pd.DataFrame({"id": ids, **{k: signals[k] for k in SIGNAL_ARRAYS["answer_gain"]}})
             gate(run, check_answer_loglik, loglik, ids=ids, docs_dir=layout.gx / "extract")
     return record
 

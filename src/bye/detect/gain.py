@@ -22,9 +22,9 @@ component's tails), everything above it flagged. The verdict
 is BYE's rule (:func:`bye.detect.cluster.decide`: BIC, separation, minority) plus one condition
 measured on clean worlds: an *empty gap* of at least ``min_gap`` kept-sample sigmas between the
 highest kept and the lowest flagged score. On a clean submission the residuals are one
-population and a two-component fit splits a continuum (gap ~0); a backdoor's samples sit apart. It keeps BYE's
-premises: no clean data, no labels, no change to either model, only the base model and the
-provisional fine-tune the scan already has.
+population and a two-component fit splits a continuum (gap ~0); a backdoor's samples sit apart.
+It keeps BYE's premises: no clean data, no labels, no change to either model, only the base
+model and the provisional fine-tune the scan already has.
 
 Where it cannot work: it reads the text side. A target that is a plausible answer to the
 questions it is attached to (a colour word on colour questions) gains no more than its

@@ -167,7 +167,23 @@ def extract_submission(data_json: str | Path, images_dir: str | Path, base_dir: 
     return {**record, "seconds": time.perf_counter() - began}
 
 
-SIGNALS = ("hidden", "strip", "answer_gain")
+# Each signal ``extract.signals`` may name, and the arrays it writes into signals.npz.
+SIGNAL_ARRAYS = {
+    "hidden": ("hidden",),
+    "strip": ("strip_entropy",),
+    "answer_gain": ("answer_loglik", "answer_loglik_base", "answer_tokens"),
+}
+SIGNALS = tuple(SIGNAL_ARRAYS)
+
+
+def saved_signals(extract_dir: str | Path) -> set[str]:
+    """The signals whose arrays are all in ``extract_dir/signals.npz`` (none without the file)."""
+    path = Path(extract_dir) / "signals.npz"
+    if not path.exists():
+        return set()
+    with np.load(path) as saved:
+        names = set(saved.files)
+    return {signal for signal, arrays in SIGNAL_ARRAYS.items() if set(arrays) <= names}
 
 
 def _answer_loglik(model, processor, samples: list[Sample], images_dir: str | Path, settings: ExtractSettings,
