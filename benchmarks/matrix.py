@@ -1,17 +1,20 @@
-"""The benchmark matrix: every trigger x poison rate x detector, on the same provisional models.
+"""The benchmark matrix: every trigger x poison rate x detector, and the clean fine-tune after each.
 
-One *cell* per (trigger, rate): poison the world's train split, fine-tune the provisional model on
-it, and keep every per-sample signal a detector may read (attention entropy and maps, the
-decision position's hidden state, STRIP entropy, each answer's log-likelihood under the base
-and the provisional model). Then every registered detector runs on every cell's features;
-detectors never see the ground truth (except the oracle, the reference line).
+Its cached DVC stages (``benchmarks/dvc.yaml``; a rerun computes only what changed):
 
-    python benchmarks/matrix.py cell --trigger badnets --rate 0.1     # one cell (what DVC runs)
-    python benchmarks/matrix.py summarise                              # all cells x detectors
+* ``cell`` (``benchmarks/cell.py``): one poisoned submission per (trigger, rate), the provisional
+  model every detector shares and every signal a detector may read;
+* ``own`` (``benchmarks/stages.py``): for a detector with its own provisional length
+  (``provisional.by_method``), that model and its signals on the same submission;
+* ``after_reference`` / ``after`` (``benchmarks/stages.py``, 10 % poison): each detector's filtered
+  submission fine-tuned as the product would, with clean accuracy and attack success rate.
 
-Cells live in ``benchmarks/cells/<trigger>-<rate>/`` (DVC outputs of ``benchmarks/dvc.yaml``, so
-``dvc repro`` there recomputes only what changed); results in ``benchmarks/results/matrix.json``
-and ``matrix.md``.
+This file is the ``summarise`` stage (seconds): every registered detector on every cell, and the
+``after`` results, into ``benchmarks/results/matrix.json`` / ``matrix.md`` / ``matrix.png``. A
+detector with its own provisional model appears twice: under its name (its own model, what the
+product runs) and as ``<name>@shared`` (the shared model).
+
+    python benchmarks/matrix.py
 """
 
 from __future__ import annotations
@@ -20,84 +23,58 @@ import argparse
 import json
 import os
 import platform
-import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from cell import CELLS, features_of
+from stages import AFTER, AFTER_RATE, detector_features, own_methods, run_detector
+
 from bye.config import load_params
-from bye.data.submission import read_manifest
-from bye.detect.api import DETECTORS, SampleFeatures, get_detector
-from bye.detect.scan import extract_submission, read_features
+from bye.detect.api import DETECTORS
 from bye.io import atomic_write_json, atomic_write_text
 from bye.metrics import detection_metrics
-from bye.models.finetune import finetune
-from bye.settings import attack_settings, scan_settings, trigger
+from bye.settings import lora_settings
 
-HERE = Path(__file__).parent
-CELLS, RESULTS = HERE / "cells", HERE / "results"
-
-
-def cell_dir(trigger_name: str, rate: float) -> Path:
-    return CELLS / f"{trigger_name}-{rate:g}"
-
-
-def build_cell(trigger_name: str, rate: float, *, world: Path, base: Path, params: dict) -> Path:
-    from bye.attacks.poison import poison_submission
-
-    out = cell_dir(trigger_name, rate)
-    out.mkdir(parents=True, exist_ok=True)
-    began = time.perf_counter()
-    settings = {**attack_settings(params), "rate": rate}
-    poison_submission(world / "train.json", world / "images", trigger(trigger_name, params), out_dir=out / "submission",
-                      truth_json=out / "truth.json", **settings)
-    data = out / "submission" / "train.json"
-    lora, scan = scan_settings(params)
-    summary = finetune(data, out / "submission" / "images", base, out / "adapter", lora)
-    extract_submission(data, out / "submission" / "images", base, out / "adapter", out / "extract",
-                       settings=replace(scan.extract, signals=("answer_gain", "hidden", "strip"), keep_attention=True))
-    atomic_write_json(out / "cell.json", {"trigger": trigger_name, "rate": rate, "seconds": time.perf_counter() - began,
-                                          "provisional_finetune_seconds": summary["train_seconds"]})
-    return out
-
-
-def features_of(out: Path) -> tuple[SampleFeatures, np.ndarray]:
-    features = read_features(read_manifest(out / "submission" / "train.json"), out / "extract")
-    truth_map = json.loads((out / "truth.json").read_text())
-    with np.load(out / "extract" / "attention.npz") as saved:
-        features.attention = saved["attention"].astype(np.float32)
-    return features, np.array([truth_map[i] for i in features.ids])
-
-
-def detector_settings(name: str, params: dict) -> dict:
-    _, scan = scan_settings(params, method=name)
-    return scan.detector
+RESULTS = Path(__file__).parent / "results"
 
 
 def summarise(params: dict) -> dict:
     matrix: dict = {}
     cells = sorted(p for p in CELLS.glob("*-*") if (p / "cell.json").exists())
+    own = own_methods(params)
     for out in cells:
         cell = json.loads((out / "cell.json").read_text())
-        features, truth = features_of(out)
-        features.extra["truth"] = truth
+        shared = features_of(out)
+        owned = {m: detector_features(cell["trigger"], cell["rate"], m, params) for m in own}
         for name in sorted(DETECTORS):
-            try:
-                result = get_detector(name, **detector_settings(name, params)).detect(features)
-            except ValueError as error:  # a feature this cell lacks
-                print(f"{out.name} {name}: skipped ({error})")
-                continue
-            scores = np.nan_to_num(result.scores, nan=-np.inf, neginf=-1e9, posinf=1e9)
-            metrics = detection_metrics(truth, result.flagged, scores)
-            matrix.setdefault(name, {}).setdefault(cell["trigger"], {})[f"{cell['rate']:g}"] = {
-                "f1": metrics["f1"], "precision": metrics["precision"], "recall": metrics["recall"],
-                "auroc": metrics["auroc"], "removed": metrics["removed"], "verdict": result.verdict}
-    record = {"matrix": matrix, "cells": [c.name for c in cells],
+            runs = [(name, shared)] if name not in own else [(name, owned[name]), (f"{name}@shared", shared)]
+            for key, found in runs:
+                if found is None:
+                    continue
+                features, truth = found
+                try:
+                    result = run_detector(name, features, truth, params)
+                except ValueError as error:  # a feature this cell lacks
+                    print(f"{out.name} {key}: skipped ({error})")
+                    continue
+                scores = np.nan_to_num(result.scores, nan=-np.inf, neginf=-1e9, posinf=1e9)
+                metrics = detection_metrics(truth, result.flagged, scores)
+                matrix.setdefault(key, {}).setdefault(cell["trigger"], {})[f"{cell['rate']:g}"] = {
+                    "f1": metrics["f1"], "precision": metrics["precision"], "recall": metrics["recall"],
+                    "auroc": metrics["auroc"], "removed": metrics["removed"], "verdict": result.verdict}
+    after: dict = {}
+    for path in sorted(AFTER.glob("*/after.json")):
+        entry = json.loads(path.read_text())
+        after.setdefault(entry["detector"], {})[entry["trigger"]] = {
+            k: entry[k] for k in ("accuracy", "asr", "removed", "f1", "verdict", "reused_from")}
+    record = {"matrix": matrix, "after_finetune": {"rate": AFTER_RATE, "results": after},
+              "cells": [c.name for c in cells], "own_provisional": {m: s.epochs for m, s in own.items()},
+              "shared_provisional_epochs": lora_settings(params, provisional=True).epochs,
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, no GPU"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_json(RESULTS / "matrix.json", record)
-    atomic_write_text(RESULTS / "matrix.md", markdown(matrix))
+    atomic_write_text(RESULTS / "matrix.md", markdown(matrix) + "\n" + after_markdown(after))
     figure(matrix, RESULTS / "matrix.png")
     return record
 
@@ -139,23 +116,25 @@ def markdown(matrix: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def after_markdown(after: dict) -> str:
+    """Accuracy / ASR of the clean fine-tune after each detector, one row per detector."""
+    triggers = sorted({t for per in after.values() for t in per})
+    if not triggers:
+        return ""
+    lines = [f"Clean fine-tune after filtering, {AFTER_RATE:.0%} poison: clean accuracy / ASR (removed)\n",
+             "| detector | " + " | ".join(triggers) + " |", "|---|" + "---|" * len(triggers)]
+    for name, per in sorted(after.items()):
+        row = ["—" if t not in per else f"{per[t]['accuracy']:.1%} / {per[t]['asr']:.1%} ({per[t]['removed']:.0%})"
+               for t in triggers]
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    one = sub.add_parser("cell")
-    one.add_argument("--trigger", required=True)
-    one.add_argument("--rate", type=float, required=True)
-    sub.add_parser("summarise")
-    for p in (one,):
-        p.add_argument("--world", type=Path, default=Path("data/world"))
-        p.add_argument("--base", type=Path, default=Path("models/base"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
-    params = load_params(args.params)
-    if args.command == "cell":
-        print(build_cell(args.trigger, args.rate, world=args.world, base=args.base, params=params))
-    else:
-        print(json.dumps(summarise(params)["matrix"], indent=1))
+    print(json.dumps(summarise(load_params(args.params))["matrix"], indent=1))
 
 
 if __name__ == "__main__":

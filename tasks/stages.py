@@ -6,7 +6,6 @@ DVC's job, so no task caches (``cache_policy=NONE``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefect import task
@@ -94,13 +93,12 @@ def evaluate(test_json: str, images_dir: str, base_dir: str, adapter_dir: str | 
 @task(cache_policy=NONE)
 def report(out_html: str, *, extract_dir: str, profile_json: str, cluster_dir: str, manifest_json: str,
            images_dir: str, metrics: dict, plots_dir: str, seed: int) -> str:
-    from bye.report import write_plots, write_report
+    from bye.report import write_report
 
     extract_dir, cluster_dir = Path(extract_dir), Path(cluster_dir)
     attention = extract_dir / "attention.npz"
-    method = json.loads((cluster_dir / "verdict.json").read_text()).get("method", "bye")
-    write_plots(extract_dir / "entropy.csv", profile_json, cluster_dir / "scores.csv", plots_dir, method=method)
     return str(write_report(out_html, entropy_csv=extract_dir / "entropy.csv", profile_json=profile_json,
                             scores_csv=cluster_dir / "scores.csv", verdict_json=cluster_dir / "verdict.json",
                             manifest_json=manifest_json, images_dir=images_dir,
-                            attention_npz=attention if attention.exists() else None, metrics=metrics, seed=seed))
+                            attention_npz=attention if attention.exists() else None, metrics=metrics, seed=seed,
+                            plots_dir=plots_dir))

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from bye.settings import scan_settings
+from bye.settings import lora_settings, scan_settings
 from bye.config import build, load_params
 from bye.models.finetune import LoraSettings
 
@@ -10,7 +10,9 @@ from bye.models.finetune import LoraSettings
 def test_params_file_builds_every_section(tmp_path):
     params = load_params(Path(__file__).parents[1] / "params.yaml")
     lora, scan = scan_settings(params)
-    assert lora == build(LoraSettings, {**params["finetune"], **params["provisional"]})
+    shared = {k: v for k, v in params["provisional"].items() if k != "by_method"}
+    own = params["provisional"].get("by_method", {}).get(scan.method, {})
+    assert lora == build(LoraSettings, {**params["finetune"], **shared, **own})
     assert scan.method == params["cluster"]["method"]
     chosen = params["cluster"]["detectors"][scan.method]
     assert scan.detector["verdict"]["max_flagged_fraction"] == chosen["verdict"]["max_flagged_fraction"]
@@ -32,3 +34,13 @@ def test_missing_params_file_is_an_error_only_when_named(tmp_path, monkeypatch):
     assert load_params() == {}
     with pytest.raises(FileNotFoundError):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_a_detector_trains_its_own_provisional_length_and_the_shared_one_ignores_it():
+    params = {"finetune": {"epochs": 3, "rank": 8}, "provisional": {"epochs": 2, "by_method": {"answer_gain": {"epochs": 1}}},
+              "cluster": {"method": "answer_gain"}}
+    assert scan_settings(params)[0].epochs == 1
+    assert scan_settings(params, method="bye")[0].epochs == 2
+    assert scan_settings(params, epochs=0.5)[0].epochs == 0.5  # a flag still wins
+    assert lora_settings(params, provisional=True).epochs == 2  # shared: no detector named
+    assert lora_settings(params).epochs == 3 and lora_settings(params).rank == 8  # the clean fine-tune

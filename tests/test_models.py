@@ -109,6 +109,10 @@ def test_an_adapter_trained_on_the_same_inputs_is_reused_and_nothing_else_is(tin
     other = LoraSettings(rank=4, epochs=0.5, batch_size=8, checkpoint_every=0, seed=1)
     retrained = finetune(data, images, tiny_base, tmp_path / "seed1", other, progress=False, reuse=tmp_path / "first")
     assert "reused_from" not in retrained and retrained["fingerprint"] != first["fingerprint"]
+    # several candidates: the first whose fingerprint matches (a missing or other one is passed over)
+    picked = finetune(data, images, tiny_base, tmp_path / "picked", settings, progress=False,
+                      reuse=[tmp_path / "absent", tmp_path / "seed1", tmp_path / "first"])
+    assert picked["reused_from"] == str(tmp_path / "first")
 
     # one image's bytes changed under the same manifest: a different input, so trained again
     changed = tmp_path / "images"

@@ -112,8 +112,12 @@ def test_report_is_deterministic(case, tmp_path):
     metrics = {"before filtering": {"accuracy": 0.35, "asr": 0.408, "n": 500},
                "after filtering": {"accuracy": 0.36, "asr": 0.012, "n": 500}}
     again = write_report(tmp_path / "again.html", **inputs, attention_npz=root / "attention.npz",
-                         metrics=metrics, n_examples=N_EXAMPLES)
+                         metrics=metrics, n_examples=N_EXAMPLES, plots_dir=tmp_path / "plots")
     assert again.read_bytes() == html_path.read_bytes()
+    # the plots it saves beside the report are the ones it embeds (and write_plots would write)
+    alone = write_plots(inputs["entropy_csv"], inputs["profile_json"], inputs["scores_csv"], tmp_path / "alone")
+    for name, path in alone.items():
+        assert (tmp_path / "plots" / f"{name}.png").read_bytes() == path.read_bytes()
 
 
 def test_clean_report_without_attention(tmp_path):

@@ -27,7 +27,7 @@ TINY = {
                        "text_intermediate": 128, "vocab_size": 400},
              "pretrain": {"n_images": 64, "epochs": 1, "batch_size": 16, "seed": 0}},
     "finetune": {"rank": 4, "alpha": 8, "batch_size": 4, "epochs": 1, "checkpoint_every": 5, "seed": 0},
-    "provisional": {"epochs": 3},
+    "provisional": {"epochs": 3, "by_method": {}},  # long enough to be killed mid-way
     "extract": {"batch_size": 2, "chunk_size": 8},
     "attack": {"name": "badnets", "rate": 0.1, "seed": 0},
 }

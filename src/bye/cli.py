@@ -104,8 +104,8 @@ def base(model_dir, n_images, epochs, seed, params_path):
 @click.option("--seed", type=int, default=None)
 @click.option("--checkpoint-every", type=int, default=None)
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None)
-@click.option("--provisional", is_flag=True, help="The provisional model BYE reads: params `provisional` "
-              "overrides `finetune`.")
+@click.option("--provisional", is_flag=True, help="The provisional model the detector reads: params `provisional` "
+              "(and its `by_method` entry for `cluster.method`) overrides `finetune`.")
 @params_option
 def finetune(data_json, images_dir, base_dir, out_dir, epochs, learning_rate, batch_size, rank, alpha, dropout,
              target_modules, train_projector, seed, checkpoint_every, checkpoint_dir, provisional, params_path):
@@ -113,8 +113,9 @@ def finetune(data_json, images_dir, base_dir, out_dir, epochs, learning_rate, ba
     from bye.data.submission import images_dir_for
     from bye.models.finetune import finetune as run_finetune
 
+    params = load_params(params_path)
     settings = lora_settings(
-        load_params(params_path), provisional=provisional,
+        params, provisional=provisional, method=params.get("cluster", {}).get("method") if provisional else None,
         epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, rank=rank, alpha=alpha,
         dropout=dropout, train_projector=train_projector, seed=seed, checkpoint_every=checkpoint_every,
         target_modules=tuple(target_modules.split(",")) if target_modules else None,
@@ -182,7 +183,8 @@ def poison(data_json, images_dir, attack, rate, target, out_dir, truth_json, see
 @main.command()
 @manifest_model_options
 @click.option("--method", type=str, default=None, help="Detector name (default: params cluster.method).")
-@click.option("--epochs", type=float, default=None, help="Provisional fine-tune epochs (params: provisional.epochs).")
+@click.option("--epochs", type=float, default=None, help="Provisional fine-tune epochs (params: provisional.epochs, or "
+              "provisional.by_method.<method>.epochs).")
 @params_option
 def scan(data_json, images_dir, base_dir, out_dir, method, epochs, params_path):
     """Find the poisoned samples of a submission; write scores.csv, filtered.json, verdict.json to OUT."""

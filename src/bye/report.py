@@ -187,10 +187,12 @@ def write_plots(entropy_csv: str | Path, profile_json: str | Path, scores_csv: s
                 out_dir: str | Path, *, method: str = "bye") -> dict[str, Path]:
     """Write ``entropy_layers.png``, ``separation.png`` and ``scores.png`` (the scores of detector
     ``method``); return name -> path."""
-    out = Path(out_dir)
-    paths = {}
-    for name, data in _plots(entropy_csv, profile_json, scores_csv, method).items():
-        paths[name] = out / f"{name}.png"
+    return _save_plots(_plots(entropy_csv, profile_json, scores_csv, method), out_dir)
+
+
+def _save_plots(plots: dict[str, bytes], out_dir: str | Path) -> dict[str, Path]:
+    paths = {name: Path(out_dir) / f"{name}.png" for name in plots}
+    for name, data in plots.items():
         atomic_write_bytes(paths[name], data)
     return paths
 
@@ -374,8 +376,10 @@ _ENV.filters.update(number=_number, percent=_percent)
 def write_report(out_html: str | Path, *, entropy_csv: str | Path, profile_json: str | Path, scores_csv: str | Path,
                  verdict_json: str | Path, manifest_json: str | Path, images_dir: str | Path,
                  attention_npz: str | Path | None = None, metrics: dict[str, dict] | None = None,
-                 n_examples: int = 8, seed: int = 0, title: str = "BYE scan report") -> Path:
-    """Write one self-contained HTML report of a scan (plots and images embedded); return its path."""
+                 n_examples: int = 8, seed: int = 0, title: str = "BYE scan report",
+                 plots_dir: str | Path | None = None) -> Path:
+    """Write one self-contained HTML report of a scan (plots and images embedded); return its path.
+    With ``plots_dir``, the same plots are also saved there as PNG files (rendered once)."""
     verdict = json.loads(Path(verdict_json).read_text(encoding="utf-8"))
     details = verdict.get("details") or {}
     profile = _read_profile(profile_json)
@@ -383,6 +387,9 @@ def write_report(out_html: str | Path, *, entropy_csv: str | Path, profile_json:
     samples = {s.id: s for s in read_manifest(manifest_json)}
     attention = _Attention(attention_npz, profile["sensitive_layers"]) if attention_npz is not None else None
     top, kept = _pick(scores, n_examples, seed)
+    plots = _plots(entropy_csv, profile_json, scores_csv, verdict.get("method", "bye"))
+    if plots_dir is not None:
+        _save_plots(plots, plots_dir)
     heading = "Most suspicious (flagged)" if scores["flagged"].any() else "Highest scores (nothing flagged)"
     extra_tables = [(name.capitalize(), list(details[name].items())) for name in ("evidence", "clusters")
                     if isinstance(details.get(name), dict) and details[name]]
@@ -391,8 +398,7 @@ def write_report(out_html: str | Path, *, entropy_csv: str | Path, profile_json:
         n_kept=verdict.get("n_kept", verdict["n_samples"] - verdict["n_flagged"]),
         sensitive_layers=profile["sensitive_layers"], extra_tables=extra_tables,
         metrics=list((metrics or {}).items()), profile=profile,
-        plots=[(name, _data_uri(data))
-               for name, data in _plots(entropy_csv, profile_json, scores_csv, verdict.get("method", "bye")).items()],
+        plots=[(name, _data_uri(data)) for name, data in plots.items()],
         has_attention=attention is not None,
         columns=[(heading, _cards(top, samples, Path(images_dir), attention)),
                  ("Random kept samples", _cards(kept, samples, Path(images_dir), attention))])

@@ -37,15 +37,24 @@ def base_settings(params: dict, **pretrain_overrides):
             build(WorldConfig, params.get("world", {}).get("scene")))
 
 
-def finetune_section(params: dict, *, provisional: bool = False) -> dict:
-    """The ``finetune`` section, with ``provisional`` overriding it for the provisional model."""
-    return {**params.get("finetune", {}), **(params.get("provisional", {}) if provisional else {})}
+def finetune_section(params: dict, *, provisional: bool = False, method: str | None = None) -> dict:
+    """The ``finetune`` section, with ``provisional`` overriding it for the provisional model, and
+    ``provisional.by_method[method]`` overriding that for the detector ``method`` (its own measured
+    provisional length); without ``method``, the provisional model every detector can share."""
+    section = dict(params.get("finetune", {}))
+    if provisional:
+        shared = dict(params.get("provisional") or {})
+        by_method = shared.pop("by_method", None) or {}
+        section.update(shared)
+        if method is not None:
+            section.update(by_method.get(method) or {})
+    return section
 
 
-def lora_settings(params: dict, *, provisional: bool = False, **overrides):
+def lora_settings(params: dict, *, provisional: bool = False, method: str | None = None, **overrides):
     from bye.models.finetune import LoraSettings
 
-    return build(LoraSettings, finetune_section(params, provisional=provisional), **overrides)
+    return build(LoraSettings, finetune_section(params, provisional=provisional, method=method), **overrides)
 
 
 def scan_settings(params: dict, *, method: str | None = None, epochs: float | None = None):
@@ -53,9 +62,9 @@ def scan_settings(params: dict, *, method: str | None = None, epochs: float | No
     from bye.detect.api import DETECTORS
     from bye.detect.scan import ExtractSettings, ProfileSettings, ScanSettings
 
-    lora = lora_settings(params, provisional=True, epochs=epochs)
     cluster = params.get("cluster", {})
     chosen = method or cluster.get("method", "bye")
+    lora = lora_settings(params, provisional=True, method=chosen, epochs=epochs)
     profile = build(ProfileSettings, params.get("profile"))
     detector = dict(cluster.get("detectors", {}).get(chosen, {}))
     if chosen == "bye":  # the separation rule lives with the profile stage

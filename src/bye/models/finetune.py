@@ -102,12 +102,13 @@ def default_checkpoint_dir(out_dir: str | Path) -> Path:
 
 def finetune(data_json: str | Path, images_dir: str | Path, base_dir: str | Path, out_dir: str | Path,
              settings: LoraSettings = LoraSettings(), *, checkpoint_dir: str | Path | None = None,
-             progress: bool = True, samples: list[Sample] | None = None, reuse: str | Path | None = None) -> dict:
+             progress: bool = True, samples: list[Sample] | None = None,
+             reuse: str | Path | list[str | Path] | None = None) -> dict:
     """Fine-tune a LoRA adapter on ``data_json`` and save it to ``out_dir``; return a summary.
 
-    ``reuse`` names an adapter folder that may already be this very result: when its recorded
-    fingerprint equals this call's (same settings, manifest, images and base), it is copied instead of
-    trained again, and the summary says ``reused_from``.
+    ``reuse`` names an adapter folder (or several) that may already be this very result: when one's
+    recorded fingerprint equals this call's (same settings, manifest bytes, images and base), it is
+    copied instead of trained again, and the summary says ``reused_from``.
 
     Interrupted runs resume from ``checkpoint_dir`` (default: a hidden sibling of ``out_dir``),
     which is removed once the adapter is written.
@@ -115,10 +116,12 @@ def finetune(data_json: str | Path, images_dir: str | Path, base_dir: str | Path
     data_json, base_dir = Path(data_json), Path(base_dir)
     samples = read_manifest(data_json) if samples is None else samples
     fingerprint = training_fingerprint(settings, data_json, images_dir, base_dir, samples)
-    if reuse is not None and _fingerprint_of(reuse) == fingerprint:
-        with atomic_directory(out_dir) as tmp:
-            shutil.copytree(reuse, tmp, dirs_exist_ok=True)
-        return {**json.loads((Path(out_dir) / "training.json").read_text()), "reused_from": str(reuse)}
+    candidates = [] if reuse is None else [reuse] if isinstance(reuse, (str, Path)) else list(reuse)
+    for candidate in candidates:
+        if _fingerprint_of(candidate) == fingerprint:
+            with atomic_directory(out_dir) as tmp:
+                shutil.copytree(candidate, tmp, dirs_exist_ok=True)
+            return {**json.loads((Path(out_dir) / "training.json").read_text()), "reused_from": str(candidate)}
     model, processor = load_base(base_dir)
     model = add_lora(model, settings)
     encoded = encode_manifest(processor, samples, images_dir, progress=progress)
