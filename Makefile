@@ -80,7 +80,7 @@ bench-target: $(STAMP)
 	$(BIN)/python benchmarks/target.py --trigger badnets --rate 0.1 --targets A,red
 
 # False alarms: scans clean worlds of other seeds with the demo's base model (kept in .cache/verdict,
-# so the second detector only re-clusters the first one's scans).
+# one scan per provisional length, so a rerun, or a detector sharing that length, only re-clusters).
 bench-verdict: $(STAMP)
 	$(BIN)/dvc repro dvc.yaml:base
 	$(BIN)/python benchmarks/verdict.py --base models/base --seeds 1,2,3 --keep .cache/verdict --method answer_gain

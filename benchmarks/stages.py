@@ -101,9 +101,11 @@ def build_after(trigger_name: str, detector: str, *, world: Path, base: Path, pa
         data = out / "filtered.json"
         write_manifest([s for s, f in zip(samples, result.flagged) if not f], data)
     # the same training set as the undefended model (the cell's, when provisional = finetune) or as
-    # the oracle's gives the same adapter: copied, not trained again
+    # another filtered set (the oracle's; the clean subset is the same for every trigger) gives the
+    # same adapter: copied, not trained again (finetune checks the fingerprint of the inputs)
+    others = sorted(p for p in AFTER.glob("*/adapter") if p.parent != out)
     summary = finetune(data, cell / "submission" / "images", base, out / "adapter", lora_settings(params),
-                       reuse=[cell / "adapter", AFTER / f"{trigger_name}-oracle" / "adapter"], progress=False)
+                       reuse=[cell / "adapter", AFTER / f"{trigger_name}-oracle" / "adapter", *others], progress=False)
     attack = params.get("attack", {})
     metrics = run_evaluation(world / "test.json", world / "images", base, out / "adapter", eval_settings(params),
                              trigger=trigger(trigger_name, params), target=attack.get("target"), progress=False)

@@ -23,9 +23,20 @@ from bye.data.submission import read_manifest
 from bye.data.world import WorldConfig, write_world
 from bye.detect.api import get_detector
 from bye.detect.scan import cluster_submission, profile_submission, read_features, saved_signals, scan_submission
+from bye.models.finetune import training_fingerprint
 from bye.settings import scan_settings
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def same_provisional(scan: Path, lora, base: Path) -> bool:
+    """Whether a kept scan's provisional adapter was trained with ``lora`` on the kept world and ``base``."""
+    try:
+        saved = json.loads((scan / "provisional_adapter" / "training.json").read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError):
+        return False
+    world = scan.parent / "world"
+    return saved == training_fingerprint(lora, world / "train.json", world / "images", base)
 
 
 def main() -> None:
@@ -49,18 +60,20 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp) if args.keep is None else args.keep / f"seed-{seed}"
             data = tmp / "world" / "train.json"
-            if (tmp / "scan" / "verdict.json").exists() and set(settings.extract.signals) <= saved_signals(tmp / "scan"):
+            scan = tmp / f"scan-{lora.epochs:g}ep"  # one kept scan per provisional length (detectors differ)
+            if (scan / "verdict.json").exists() and set(settings.extract.signals) <= saved_signals(scan) \
+                    and same_provisional(scan, lora, args.base):
                 profile, rescored = None, True
                 if settings.method == "bye":
-                    profile_submission(tmp / "scan" / "entropy.csv", tmp / "scan", settings=settings.profile)
-                    profile = tmp / "scan" / "profile.json"
-                record = cluster_submission(data, tmp / "scan", tmp / "scan", profile_json=profile,
+                    profile_submission(scan / "entropy.csv", scan, settings=settings.profile)
+                    profile = scan / "profile.json"
+                record = cluster_submission(data, scan, scan, profile_json=profile,
                                             method=settings.method, detector=settings.detector)
             else:
                 write_world(tmp / "world", n_train=args.n_train, n_test=0, seed=seed, config=scene)
-                record = scan_submission(data, tmp / "world" / "images", args.base, tmp / "scan",
+                record = scan_submission(data, tmp / "world" / "images", args.base, scan,
                                          finetune_settings=lora, settings=settings, progress=False)
-            features = read_features(read_manifest(data), tmp / "scan")
+            features = read_features(read_manifest(data), scan)
             forced = get_detector(settings.method, **{**settings.detector, "use_verdict": False}).detect(features)
             rows.append({
                 "seed": seed,

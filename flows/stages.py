@@ -171,7 +171,8 @@ def provisional_flow(root: str = ".", params_path: str = "params.yaml",
               overrides: dict | None = None, base: str | None = None) -> dict:
     layout, params = context(root, params_path, overrides, base)
     with stage("provisional", layout, params) as run:
-        settings, _ = scan_settings(params)  # the chosen detector's provisional model
+        settings, scan = scan_settings(params)  # the chosen detector's provisional model
+        run.params({"detector": scan.method, "effective_epochs": settings.epochs})  # after provisional.by_method
         summary = t.finetune(str(layout.ingested / "manifest.json"), str(layout.ingested / "images"),
                              str(layout.base), str(layout.provisional), settings)
         run.metrics(_numbers(summary))
