@@ -19,7 +19,7 @@ from flows.stages import Layout, merge  # noqa: E402
 
 TINY_PARAMS = {
     "finetune": {"rank": 4, "alpha": 8, "batch_size": 8, "epochs": 1, "checkpoint_every": 0},
-    "provisional": {"epochs": 1},
+    "provisional": {"epochs": 2, "by_method": {"bye": {"epochs": 0.5}}},  # the chosen detector's own length wins
     "extract": {"batch_size": 16},
     "eval": {"batch_size": 32, "max_new_tokens": 6},
     "attack": {"name": "badnets", "rate": 0.2, "seed": 0},
@@ -124,6 +124,8 @@ def test_inbox_scans_each_upload_once_with_an_audit_trail(workspace, scanned, mo
         assert "clean_adapter" in artifacts["clean_finetune"] and "report.html" in artifacts["report"]
         assert stages["cluster"]["tags"]["bye.submission_fingerprint"] == parent.data.tags["bye.submission_fingerprint"]
         assert stages["eval"]["metrics"]["accuracy"] >= 0
+        assert stages["provisional"]["params"]["detector"] == "bye"  # params: no cluster.method
+        assert stages["provisional"]["params"]["effective_epochs"] == "0.5"
 
 
 @pytest.mark.slow
