@@ -2,8 +2,9 @@
 
 Its cached DVC stages (``benchmarks/dvc.yaml``; a rerun computes only what changed):
 
-* ``cell`` (``benchmarks/cell.py``): one poisoned submission per (trigger, rate), the provisional
-  model every detector shares and every signal a detector may read;
+* ``submission`` (``benchmarks/submission.py``): one poisoned submission per (trigger, rate);
+* ``cell`` (``benchmarks/cell.py``): on it, the provisional model every detector shares and every
+  signal a detector may read;
 * ``own`` (``benchmarks/stages.py``): for a detector with its own provisional length
   (``provisional.by_method``), that model and its signals on the same submission;
 * ``after_reference`` / ``after`` (``benchmarks/stages.py``, 10 % poison): each detector's filtered
@@ -14,12 +15,18 @@ This file is the ``summarise`` stage (seconds): every registered detector on eve
 detector with its own provisional model appears twice: under its name (its own model, what the
 product runs) and as ``<name>@shared`` (the shared model).
 
+Entries are merged into the committed ``matrix.json``: what the stages present here computed
+replaces its entry, and every entry computed here is stamped with the base model it was measured
+on (``base``: the first 12 hex digits of the md5 of ``model.safetensors``), so a matrix filled
+over several runs says which entries share a base model.
+
     python benchmarks/matrix.py
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -27,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cell import CELLS, features_of
+from cell import cell_dir, features_of
 from stages import AFTER, AFTER_RATE, detector_features, own_methods, run_detector
+from submission import SUBMISSIONS
 
 from bye.config import load_params
 from bye.detect.api import DETECTORS
@@ -39,16 +47,33 @@ from bye.settings import lora_settings
 RESULTS = Path(__file__).parent / "results"
 
 
-def summarise(params: dict) -> dict:
-    matrix: dict = {}
-    cells = sorted(p for p in CELLS.glob("*-*") if (p / "cell.json").exists())
+def base_stamp(base: Path) -> str:
+    """The first 12 hex digits of the md5 of the base model's weights."""
+    digest = hashlib.md5()
+    with open(base / "model.safetensors", "rb") as weights:
+        for block in iter(lambda: weights.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def summarise(params: dict, base: Path = Path("models/base")) -> dict:
+    previous = json.loads((RESULTS / "matrix.json").read_text()) if (RESULTS / "matrix.json").exists() else {}
+    matrix: dict = previous.get("matrix", {})
+    stamp = base_stamp(base)
     own = own_methods(params)
-    for out in cells:
-        cell = json.loads((out / "cell.json").read_text())
-        shared = features_of(out)
-        owned = {m: detector_features(cell["trigger"], cell["rate"], m, params) for m in own}
+    submissions = sorted(p for p in SUBMISSIONS.glob("*-*") if (p / "truth.json").exists())
+    cells = []
+    for folder in submissions:
+        trigger_name, rate = folder.name.rsplit("-", 1)
+        shared = features_of(trigger_name, float(rate)) if (cell_dir(trigger_name, float(rate)) / "cell.json").exists() \
+            else None
+        if shared is not None:
+            cells.append(folder.name)
         for name in sorted(DETECTORS):
-            runs = [(name, shared)] if name not in own else [(name, owned[name]), (f"{name}@shared", shared)]
+            if name in own:
+                runs = [(name, detector_features(trigger_name, float(rate), name, params)), (f"{name}@shared", shared)]
+            else:
+                runs = [(name, shared)]
             for key, found in runs:
                 if found is None:
                     continue
@@ -56,20 +81,21 @@ def summarise(params: dict) -> dict:
                 try:
                     result = run_detector(name, features, truth, params)
                 except ValueError as error:  # a feature this cell lacks
-                    print(f"{out.name} {key}: skipped ({error})")
+                    print(f"{folder.name} {key}: skipped ({error})")
                     continue
                 scores = np.nan_to_num(result.scores, nan=-np.inf, neginf=-1e9, posinf=1e9)
                 metrics = detection_metrics(truth, result.flagged, scores)
-                matrix.setdefault(key, {}).setdefault(cell["trigger"], {})[f"{cell['rate']:g}"] = {
+                matrix.setdefault(key, {}).setdefault(trigger_name, {})[f"{float(rate):g}"] = {
                     "f1": metrics["f1"], "precision": metrics["precision"], "recall": metrics["recall"],
-                    "auroc": metrics["auroc"], "removed": metrics["removed"], "verdict": result.verdict}
-    after: dict = {}
+                    "auroc": metrics["auroc"], "removed": metrics["removed"], "verdict": result.verdict, "base": stamp}
+    after: dict = previous.get("after_finetune", {}).get("results", {})
     for path in sorted(AFTER.glob("*/after.json")):
         entry = json.loads(path.read_text())
         after.setdefault(entry["detector"], {})[entry["trigger"]] = {
-            k: entry[k] for k in ("accuracy", "asr", "removed", "f1", "verdict", "reused_from")}
+            **{k: entry[k] for k in ("accuracy", "asr", "removed", "f1", "verdict", "reused_from")}, "base": stamp}
     record = {"matrix": matrix, "after_finetune": {"rate": AFTER_RATE, "results": after},
-              "cells": [c.name for c in cells], "own_provisional": {m: s.epochs for m, s in own.items()},
+              "cells": sorted(set(previous.get("cells", [])) | set(cells)),
+              "own_provisional": {m: s.epochs for m, s in own.items()},
               "shared_provisional_epochs": lora_settings(params, provisional=True).epochs,
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, no GPU"}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -133,8 +159,9 @@ def after_markdown(after: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--base", type=Path, default=Path("models/base"))
     args = parser.parse_args()
-    print(json.dumps(summarise(load_params(args.params))["matrix"], indent=1))
+    print(json.dumps(summarise(load_params(args.params), args.base)["matrix"], indent=1))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """The matrix's cached stages beyond the cell (``benchmarks/cell.py``), DVC stages of ``benchmarks/dvc.yaml``:
 
 * ``own``: for a detector with its own provisional length (``provisional.by_method``, e.g.
-  answer_gain's single epoch), that model and its signals on the cell's submission;
+  answer_gain's), that model and its signals on the cell's submission (not the shared model's
+  cell: the two are independent);
 * ``after`` (10 % poison): a detector's filtered submission, fine-tuned as the product would
-  (``finetune``), with clean accuracy and attack success rate on the test split.
+  (``finetune``), with clean accuracy and attack success rate on the test split. The references
+  (``none``, ``oracle``) need only the submission, a detector with its own model only that model.
 
     python benchmarks/stages.py own --trigger badnets --rate 0.1
     python benchmarks/stages.py after --trigger badnets --detector answer_gain
@@ -22,6 +24,7 @@ import numpy as np
 
 from cell import cell_dir, features_of
 from common import world_arguments
+from submission import read_truth, submission_files
 
 from bye.config import load_params
 from bye.data.submission import read_manifest, write_manifest
@@ -36,6 +39,7 @@ from bye.settings import eval_settings, lora_settings, scan_settings, trigger
 HERE = Path(__file__).parent
 OWN, AFTER = HERE / "own", HERE / "after"
 AFTER_RATE = 0.1
+REFERENCES = ("none", "oracle")  # read no model
 
 
 def own_dir(trigger_name: str, rate: float) -> Path:
@@ -51,8 +55,8 @@ def own_methods(params: dict) -> dict:
 
 def build_own(trigger_name: str, rate: float, *, base: Path, params: dict) -> Path:
     """Each ``own_methods`` detector's provisional model and signals, on the cell's submission."""
-    cell, out = cell_dir(trigger_name, rate), own_dir(trigger_name, rate)
-    data, images = cell / "submission" / "train.json", cell / "submission" / "images"
+    out = own_dir(trigger_name, rate)
+    data, images = submission_files(trigger_name, rate)
     for method, lora in own_methods(params).items():
         began = time.perf_counter()
         summary = finetune(data, images, base, out / method / "adapter", lora)
@@ -76,13 +80,16 @@ def run_detector(name: str, features: SampleFeatures, truth: np.ndarray, params:
 
 
 def detector_features(trigger_name: str, rate: float, name: str, params: dict) -> tuple[SampleFeatures, np.ndarray] | None:
-    """What ``name`` reads in a cell: its own provisional model's signals when it has one (None
-    while they are not computed), else the shared model's."""
-    cell = cell_dir(trigger_name, rate)
+    """What ``name`` reads in a cell: nothing but the sample ids for the references (``none``,
+    ``oracle``), its own provisional model's signals when it has one (None while they are not
+    computed), else the shared model's."""
+    if name in REFERENCES:
+        ids = [s.id for s in read_manifest(submission_files(trigger_name, rate)[0])]
+        return SampleFeatures(ids=ids), read_truth(trigger_name, rate, ids)
     if name in own_methods(params):
         extract = own_dir(trigger_name, rate) / name / "extract"
-        return features_of(cell, extract) if (extract.parent / "own.json").exists() else None
-    return features_of(cell)
+        return features_of(trigger_name, rate, extract) if (extract.parent / "own.json").exists() else None
+    return features_of(trigger_name, rate)
 
 
 def build_after(trigger_name: str, detector: str, *, world: Path, base: Path, params: dict) -> Path:
@@ -95,17 +102,18 @@ def build_after(trigger_name: str, detector: str, *, world: Path, base: Path, pa
         raise SystemExit(f"{detector} has its own provisional model: run `stages.py own` for {cell.name} first")
     features, truth = found
     result = run_detector(detector, features, truth, params)
-    samples = read_manifest(cell / "submission" / "train.json")
-    data = cell / "submission" / "train.json"
+    data, images = submission_files(trigger_name, AFTER_RATE)
+    samples = read_manifest(data)
     if result.flagged.any():
         data = out / "filtered.json"
         write_manifest([s for s, f in zip(samples, result.flagged) if not f], data)
     # the same training set as the undefended model (the cell's, when provisional = finetune) or as
     # another filtered set (the oracle's; the clean subset is the same for every trigger) gives the
     # same adapter: copied, not trained again (finetune checks the fingerprint of the inputs)
-    others = sorted(p for p in AFTER.glob("*/adapter") if p.parent != out)
-    summary = finetune(data, cell / "submission" / "images", base, out / "adapter", lora_settings(params),
-                       reuse=[cell / "adapter", AFTER / f"{trigger_name}-oracle" / "adapter", *others], progress=False)
+    oracle = AFTER / f"{trigger_name}-oracle" / "adapter"
+    others = sorted(p for p in AFTER.glob("*/adapter") if p.parent != out and p != oracle)
+    summary = finetune(data, images, base, out / "adapter", lora_settings(params),
+                       reuse=[cell / "adapter", oracle, *others], progress=False)
     attack = params.get("attack", {})
     metrics = run_evaluation(world / "test.json", world / "images", base, out / "adapter", eval_settings(params),
                              trigger=trigger(trigger_name, params), target=attack.get("target"), progress=False)

@@ -7,7 +7,9 @@ model with q/k norms, a custom attention scale, sliding-window layers and a bidi
 over image tokens). Each is checked against the published reference path: eager attention with
 ``output_attentions=True``, row -1, image columns, mean over heads, renormalised. The attention
 function alone is also checked against Gemma2's (logit soft-capping) and GPT-OSS's (sink logits)
-eager functions, which SDPA cannot express.
+eager functions, which SDPA cannot express. The same row read inside the teacher-forced answer
+pass (``answer_pass(attention=True)``, the query at each row's last prompt position) is checked
+against the prompt-only pass and the eager reference on all three families.
 """
 
 from __future__ import annotations
@@ -400,3 +402,52 @@ def test_gemma3_sliding_window_hides_image_tokens_like_eager():
     assert np.isnan(entropy[1, [0, 2]]).all()
     visible = ~np.isnan(result.attention[0, 0]) & (result.attention[0, 0] > 0)
     assert 0 < visible.sum() < 16
+
+
+# ---------------------------------------------------------------- attention inside the answer pass
+
+ANSWERS = ["red", "Backdoor Attack!", "B", "two circles and a square"]
+
+
+def test_query_positions_read_earlier_rows_under_the_causal_mask():
+    from bye.detect.extract import _head_mean_last_row
+
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(2, 4, 7, 8, generator=generator) * 2
+    key = torch.randn(2, 2, 7, 8, generator=generator) * 2
+    causal = torch.ones(7, 7, dtype=torch.bool).tril()
+    scores = torch.matmul(query, key.repeat_interleave(2, dim=1).transpose(-1, -2)) * 8 ** -0.5
+    weights = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1).mean(1)  # (B, T, T)
+    positions = torch.tensor([3, 5])
+    expected = torch.stack([weights[0, 3], weights[1, 5]])
+    # No mask at all (SDPA's causal shortcut): the keys after each query are hidden by the function.
+    got = _head_mean_last_row(query, key, None, None, None, None, None, positions)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert (got[0, 4:] == 0).all() and (got[1, 6:] == 0).all()
+    # A 4-D mask with a batch dimension of 1 is broadcast to every row.
+    got = _head_mean_last_row(query, key, causal[None, None], None, None, None, None, positions)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3"])
+def test_answer_pass_reads_the_prompt_attention_and_the_same_loglik(family, request):
+    from bye.detect.signals import answer_loglik, answer_pass
+
+    model, processor = request.getfixturevalue(family)
+    images = _images([32, 48, 32, 40] if family == "qwen2_vl" else [32, 32, 32, 32])
+    fused = answer_pass(model, processor, images, QUESTIONS, ANSWERS, batch_size=3, attention=True, keep_maps=True)
+    # The attention row of the last prompt position, as the prompt-only pass and the published
+    # eager path read it, although every row goes on with an answer of its own length.
+    assert_matches(fused.attention, eager_reference(model, processor, images, QUESTIONS))
+    alone = image_attention(model, processor, images, QUESTIONS, batch_size=4)
+    np.testing.assert_allclose(fused.attention.attention, alone.attention, atol=TOLERANCE, rtol=0)
+    assert fused.attention.maps.dtype == np.float16
+    loglik, tokens = answer_loglik(model, processor, images, QUESTIONS, ANSWERS, batch_size=3)
+    np.testing.assert_allclose(fused.loglik, loglik, atol=1e-6, rtol=0)
+    # Per-token processor outputs (Qwen2-VL's mm_token_type_ids, Gemma3's token_type_ids) are
+    # padded with the text rows: a left-padded batch scores each answer as the sample alone.
+    single = np.concatenate([answer_loglik(model, processor, [i], [q], [a])[0]
+                             for i, q, a in zip(images, QUESTIONS, ANSWERS)])
+    np.testing.assert_allclose(loglik, single, atol=1e-5, rtol=0)
+    assert (fused.n_tokens == tokens).all() and len(set(tokens.tolist())) > 1
+    assert answer_pass(model, processor, images, QUESTIONS, ANSWERS).attention is None

@@ -36,6 +36,8 @@ EPS = 1e-8
 
 # The rows of the forward pass in flight (a list the attention function appends to), or None.
 _RECORDER: contextvars.ContextVar[list | None] = contextvars.ContextVar("bye_last_row_recorder", default=None)
+# Which query position each batch row reads, ``(B,)`` int64, or None for the last column.
+_QUERY: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("bye_query_position", default=None)
 
 
 @dataclass
@@ -104,30 +106,45 @@ def _last_row_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     rows = _RECORDER.get()
     if rows is not None:
         rows.append(_head_mean_last_row(query, key, attention_mask, scaling, softcap, sinks,
-                                        kwargs.get("position_bias")))
+                                        kwargs.get("position_bias"), _QUERY.get()))
     return output[0], None
 
 
-def _head_mean_last_row(query, key, attention_mask, scaling, softcap, sinks, position_bias) -> torch.Tensor:
-    """``(B, S)`` float32: softmax row of the last query position, averaged over the H heads."""
+def _at(tensor: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """``tensor[b, :, positions[b], :]`` for every row ``b`` of a ``(B|1, H, Q, X)`` tensor: ``(B, H, X)``
+    (the last query position for every row when ``positions`` is None)."""
+    if positions is None:
+        return tensor[:, :, -1, :]
+    rows = torch.arange(len(positions), device=tensor.device)
+    return tensor.expand(len(positions), *tensor.shape[1:])[rows, :, positions.to(tensor.device), :]
+
+
+def _head_mean_last_row(query, key, attention_mask, scaling, softcap, sinks, position_bias,
+                        positions: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, S)`` float32: softmax row of one query position per batch row (the last one unless
+    ``positions`` says otherwise), averaged over the H heads."""
     batch, heads, _, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     scale = scaling if scaling is not None else dim ** -0.5
     # Grouped-query attention without repeat_kv: query head h reads key head h // (H / H_kv).
-    q = query[:, :, -1, :].float().reshape(batch, kv_heads, heads // kv_heads, dim)
+    q = _at(query, positions).float().reshape(batch, kv_heads, heads // kv_heads, dim)
     scores = torch.matmul(q, key.float().transpose(-1, -2)).reshape(batch, heads, length) * scale
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if position_bias is not None:
-        scores = scores + position_bias[..., -1, :].float()
+        scores = scores + _at(position_bias, positions).float()
     if attention_mask is not None:
-        row = attention_mask[..., -1, :] if attention_mask.ndim == 4 else attention_mask[:, None, :]
+        row = _at(attention_mask, positions) if attention_mask.ndim == 4 else attention_mask[:, None, :]
         if not row.is_floating_point():
             row = row.bool()
         if row.dtype == torch.bool:
             scores = scores.masked_fill(~row, float("-inf"))
         else:
             scores = scores + row.float()
+    if positions is not None and (attention_mask is None or attention_mask.ndim != 4):
+        # No per-query mask (a causal call without padding): hide the keys after each row's query.
+        later = torch.arange(length, device=scores.device)[None, :] > positions.to(scores.device)[:, None]
+        scores = scores.masked_fill(later[:, None, :], float("-inf"))
     if sinks is not None:
         sink = sinks.float().reshape(1, heads, 1).expand(batch, heads, 1)
         probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
@@ -157,11 +174,13 @@ def _text_config_key(config) -> str:
 
 
 @contextlib.contextmanager
-def recording(model) -> Iterator[list[torch.Tensor]]:
+def recording(model, positions: torch.Tensor | None = None) -> Iterator[list[torch.Tensor]]:
     """Route the language model's attention through the last-row function while recording.
 
-    Yields the list that each decoder layer appends its ``(B, S)`` row to, in call order. The
-    vision tower keeps its own implementation; the model's previous one is restored on exit.
+    Yields the list that each decoder layer appends its ``(B, S)`` row to, in call order: the
+    attention of the last position, or of ``positions[b]`` in batch row ``b`` (an earlier one:
+    the last prompt position of a sequence that goes on with its answer). The vision tower keeps
+    its own implementation; the model's previous one is restored on exit.
     """
     _register()
     key = _text_config_key(model.config)
@@ -172,11 +191,12 @@ def recording(model) -> Iterator[list[torch.Tensor]]:
         model.set_attn_implementation({key: previous} if key else previous)
         raise RuntimeError(f"{type(model).__name__}: the language model refused attn_implementation={ATTENTION_NAME!r}")
     rows: list[torch.Tensor] = []
-    token = _RECORDER.set(rows)
+    token, query = _RECORDER.set(rows), _QUERY.set(positions)
     try:
         yield rows
     finally:
         _RECORDER.reset(token)
+        _QUERY.reset(query)
         model.set_attn_implementation({key: previous} if key else previous)
 
 
@@ -229,21 +249,46 @@ def prepare_inputs(model, encoded: dict, parameters: set[str]) -> dict:
 
 
 @torch.no_grad()
-def _batch_rows(model, encoded: dict[str, torch.Tensor], parameters: set[str]) -> torch.Tensor:
-    """``(B, L, T)`` float32: per layer, the last position's head-mean attention over all T keys."""
-    inputs = prepare_inputs(model, encoded, parameters)
-    if "logits_to_keep" in parameters:
-        inputs["logits_to_keep"] = 1
-    with recording(model) as rows:
-        model(**inputs, use_cache=False)
+def recorded_forward(model, inputs: dict, positions: torch.Tensor | None = None):
+    """``(outputs, rows)``: one forward of ``model`` on prepared ``inputs``, and per layer the
+    head-mean attention of each row's query position (the last one, or ``positions``) over all T
+    keys, ``rows`` ``(B, L, T)`` float32 on the CPU."""
+    with recording(model, positions) as rows:
+        outputs = model(**inputs, use_cache=False)
     expected = getattr(model.config.get_text_config(), "num_hidden_layers", len(rows))
     if len(rows) != expected:
         raise RuntimeError(f"{type(model).__name__}: {len(rows)} attention calls for {expected} decoder layers "
                            "(layers that bypass the attention interface cannot be read)")
     stacked = torch.stack(rows, dim=1).cpu()
-    if stacked.shape[-1] != encoded["input_ids"].shape[1]:
-        raise RuntimeError(f"attention over {stacked.shape[-1]} keys for {encoded['input_ids'].shape[1]} input tokens")
-    return stacked
+    if stacked.shape[-1] != inputs["input_ids"].shape[1]:
+        raise RuntimeError(f"attention over {stacked.shape[-1]} keys for {inputs['input_ids'].shape[1]} input tokens")
+    return outputs, stacked
+
+
+def image_rows(rows: torch.Tensor, input_ids: torch.Tensor, token_id: int, first: int = 0) -> list[np.ndarray]:
+    """Per batch row ``b``, ``rows[b]`` ``(L, T)`` restricted to the image-token keys and
+    renormalised over them: ``(L, K_b)`` float32 (``first``: the batch's first sample number, for
+    the error)."""
+    is_image = input_ids.cpu() == token_id
+    out = []
+    for b in range(rows.shape[0]):
+        if not bool(is_image[b].any()):
+            raise ValueError(f"sample {first + b}: no image token (id {token_id}) in the prompt")
+        selected = rows[b][:, is_image[b]]  # (L, K_b)
+        out.append((selected / selected.sum(dim=-1, keepdim=True)).numpy())
+    return out
+
+
+def assemble(per_sample: list[np.ndarray], *, keep_maps: bool = False) -> ImageAttention:
+    """One :class:`ImageAttention` from per-sample ``(L, K_n)`` rows (NaN-padded to the largest K)."""
+    if not per_sample:
+        raise ValueError("no samples")
+    counts = np.array([p.shape[1] for p in per_sample], dtype=np.int64)
+    attention = np.full((len(per_sample), per_sample[0].shape[0], counts.max()), np.nan, dtype=np.float32)
+    for n, p in enumerate(per_sample):
+        attention[n, :, : p.shape[1]] = p
+    return ImageAttention(attention=attention, image_token_count=counts,
+                          maps=attention.astype(np.float16) if keep_maps else None)
 
 
 @contextlib.contextmanager
@@ -288,18 +333,9 @@ def image_attention(model, processor, images: Sequence[Image.Image], questions: 
     with evaluating(model):
         for start in batch_starts(len(images), batch_size, "attention", progress):
             encoded = encode_batch(processor, images[start:start + batch_size], questions[start:start + batch_size])
-            rows = _batch_rows(model, encoded, parameters)
-            is_image = encoded["input_ids"].cpu() == token_id
-            for b in range(rows.shape[0]):
-                if not bool(is_image[b].any()):
-                    raise ValueError(f"sample {start + b}: no image token (id {token_id}) in the prompt")
-                selected = rows[b][:, is_image[b]]  # (L, K_b)
-                per_sample.append((selected / selected.sum(dim=-1, keepdim=True)).numpy())
-    if not per_sample:
-        raise ValueError("no samples")
-    counts = np.array([p.shape[1] for p in per_sample], dtype=np.int64)
-    attention = np.full((len(per_sample), per_sample[0].shape[0], counts.max()), np.nan, dtype=np.float32)
-    for n, p in enumerate(per_sample):
-        attention[n, :, : p.shape[1]] = p
-    return ImageAttention(attention=attention, image_token_count=counts,
-                          maps=attention.astype(np.float16) if keep_maps else None)
+            inputs = prepare_inputs(model, encoded, parameters)
+            if "logits_to_keep" in parameters:
+                inputs["logits_to_keep"] = 1
+            _, rows = recorded_forward(model, inputs)
+            per_sample.extend(image_rows(rows, encoded["input_ids"], token_id, start))
+    return assemble(per_sample, keep_maps=keep_maps)

@@ -88,28 +88,44 @@ class SubmissionImages(Sequence):
 
 
 def extract_attention(model, processor, samples: list[Sample], images_dir: str | Path, *,
-                      settings: ExtractSettings = ExtractSettings(), progress: bool = True):
-    """``(entropy (N, L), maps (N, L, K) float16 or None)`` for the samples, in chunks."""
+                      settings: ExtractSettings = ExtractSettings(), progress: bool = True,
+                      answers: bool = False) -> dict[str, np.ndarray | None]:
+    """BYE's profile of the samples, read in chunks of ``settings.chunk_size`` images:
+    ``{"entropy": (N, L), "maps": (N, L, K) float16 or None}``. With ``answers`` the same forward
+    (:func:`bye.detect.signals.answer_pass`) also gives ``"answer_loglik"`` and ``"answer_tokens"``."""
     from tqdm.auto import tqdm
 
-    tables, maps = [], []
+    from bye.detect.signals import answer_pass
+
+    tables, maps, logliks, counts = [], [], [], []
     bar = tqdm(total=len(samples), desc="attention", disable=not progress, unit="sample")
     for start in range(0, len(samples), settings.chunk_size):
         chunk = samples[start:start + settings.chunk_size]
         images = SubmissionImages(chunk, images_dir)[:]
-        attention = image_attention(model, processor, images, [s.question for s in chunk],
-                                    batch_size=settings.batch_size, keep_maps=settings.keep_attention)
+        questions = [s.question for s in chunk]
+        if answers:
+            result = answer_pass(model, processor, images, questions, [s.answer for s in chunk],
+                                 batch_size=settings.batch_size, attention=True, keep_maps=settings.keep_attention)
+            attention = result.attention
+            logliks.append(result.loglik)
+            counts.append(result.n_tokens)
+        else:
+            attention = image_attention(model, processor, images, questions, batch_size=settings.batch_size,
+                                        keep_maps=settings.keep_attention)
         tables.append(layer_entropy(attention.attention))
         if settings.keep_attention:
             maps.append(attention.maps)
         bar.update(len(chunk))
     bar.close()
-    entropy = np.concatenate(tables) if tables else np.zeros((0, 0))
-    if not maps:
-        return entropy, None
-    width = max(m.shape[-1] for m in maps)  # chunks of variable image-token counts (NaN-padded)
-    padded = [np.pad(m, ((0, 0), (0, 0), (0, width - m.shape[-1])), constant_values=np.nan) for m in maps]
-    return entropy, np.concatenate(padded)
+    out = {"entropy": np.concatenate(tables) if tables else np.zeros((0, 0)), "maps": None}
+    if answers:
+        out["answer_loglik"] = np.concatenate(logliks) if logliks else np.zeros(0)
+        out["answer_tokens"] = np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
+    if maps:
+        width = max(m.shape[-1] for m in maps)  # chunks of variable image-token counts (NaN-padded)
+        padded = [np.pad(m, ((0, 0), (0, 0), (0, width - m.shape[-1])), constant_values=np.nan) for m in maps]
+        out["maps"] = np.concatenate(padded)
+    return out
 
 
 def entropy_table(ids: list[str], entropy: np.ndarray) -> str:
@@ -151,7 +167,11 @@ def extract_submission(data_json: str | Path, images_dir: str | Path, base_dir: 
         arrays["answer_loglik_base"], _ = _answer_loglik(model, processor, samples, images_dir, settings, progress)
         del model
     model, processor = load_for_inference(base_dir, adapter_dir)
-    entropy, maps = extract_attention(model, processor, samples, images_dir, settings=settings, progress=progress)
+    # answer_gain's provisional pass reads BYE's attention row too: one forward, not two.
+    read = extract_attention(model, processor, samples, images_dir, settings=settings, progress=progress,
+                             answers="answer_gain" in settings.signals)
+    entropy, maps = read.pop("entropy"), read.pop("maps")
+    arrays.update(read)
     ids = [s.id for s in samples]
     atomic_write_text(out / "entropy.csv", entropy_table(ids, entropy))
     if settings.signals:
@@ -197,17 +217,14 @@ def _answer_loglik(model, processor, samples: list[Sample], images_dir: str | Pa
 def write_signals(model, processor, samples: list[Sample], images_dir: str | Path, path: Path,
                   settings: ExtractSettings, arrays: dict | None = None, progress: bool = False) -> None:
     """The signals ``settings.signals`` names, read with ``model``, into ``path`` (with ``arrays``,
-    those computed elsewhere: the base model's answer log-likelihood)."""
+    those computed elsewhere: both models' answer log-likelihoods)."""
     from bye.detect.signals import decision_hidden, strip_entropy
 
     images = SubmissionImages(samples, images_dir)  # STRIP blends in partners from anywhere
     questions = [s.question for s in samples]
     arrays = dict(arrays or {})
-    if "answer_gain" in settings.signals:
-        if "answer_loglik_base" not in arrays:
-            raise ValueError("the answer_gain signal needs the base model's answer log-likelihood")
-        arrays["answer_loglik"], arrays["answer_tokens"] = _answer_loglik(model, processor, samples, images_dir,
-                                                                          settings, progress)
+    if "answer_gain" in settings.signals and not {"answer_loglik", "answer_loglik_base"} <= set(arrays):
+        raise ValueError("the answer_gain signal needs both models' answer log-likelihoods (read by the attention pass)")
     if "hidden" in settings.signals:
         arrays["hidden"] = decision_hidden(model, processor, images, questions, batch_size=settings.batch_size)
     if "strip" in settings.signals:

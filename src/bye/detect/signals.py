@@ -10,7 +10,8 @@ token is predicted (the position BYE reads its attention row from).
   submission. A trigger that dominates keeps the prediction stuck, so its entropy stays low.
 * :func:`answer_loglik`: the log-likelihood of each sample's own answer given its image and
   question (teacher forcing, the training loss's tokens), which the ``answer_gain`` detector
-  compares between the base and the provisional model.
+  compares between the base and the provisional model; :func:`answer_pass` reads BYE's
+  attention profile in the same forward.
 
 Prompts are encoded exactly as :mod:`bye.detect.extract` encodes them
 (:func:`~bye.detect.extract.encode_batch`, left padding) and positions are counted over real
@@ -22,12 +23,24 @@ position's logits are computed where the model allows it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
-from bye.detect.extract import _forward_parameters, batch_starts, encode_batch, evaluating, prepare_inputs
+from bye.detect.extract import (
+    ImageAttention,
+    _forward_parameters,
+    assemble,
+    batch_starts,
+    encode_batch,
+    evaluating,
+    image_rows,
+    image_token_id,
+    prepare_inputs,
+    recorded_forward,
+)
 from bye.models.chat import IGNORE_INDEX, collate, encode_for_training
 
 
@@ -157,18 +170,32 @@ def strip_entropy(model, processor, images: Sequence[Image.Image], questions: Se
     return np.concatenate(entropies).reshape(len(images), n_overlays).mean(axis=1)
 
 
+@dataclass
+class AnswerPass:
+    """What one teacher-forced pass over (image, question, answer) reads, per sample."""
+
+    loglik: np.ndarray  # (N,) float64: sum of log p(answer token | ...) over the loss's tokens
+    n_tokens: np.ndarray  # (N,) int64: how many tokens that is
+    attention: ImageAttention | None = None  # BYE's profile at the last prompt position, when asked for
+
+
 @torch.no_grad()
-def answer_loglik(model, processor, images: Sequence[Image.Image], questions: Sequence[str],
-                  answers: Sequence[str], *, batch_size: int = 16,
-                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """``(loglik (N,) float64, n_tokens (N,) int64)``: ``sum log p(answer token | image, prompt,
-    earlier answer tokens)`` over the tokens the fine-tune's loss is taken on.
+def answer_pass(model, processor, images: Sequence[Image.Image], questions: Sequence[str], answers: Sequence[str], *,
+                batch_size: int = 16, attention: bool = False, keep_maps: bool = False,
+                progress: bool = False) -> AnswerPass:
+    """Each sample's answer log-likelihood given its image and question and, with ``attention``,
+    BYE's image attention of the last prompt position, both from the same forward.
 
     Samples are encoded exactly as for training (:func:`bye.models.chat.encode_for_training`),
     LEFT-padded so that every row's answer ends in the last column; positions count real tokens
     only (:func:`~bye.detect.extract.prepare_inputs`), so a batched row equals the sample alone.
     Only the last ``longest answer + 1`` positions go through the LM head where the model allows
     it, so memory does not grow with the vocabulary times the prompt (image tokens included).
+
+    The attention is read at each row's last prompt position (the one predicting the first
+    answer token): attention is causal, so that row sees exactly the prompt that
+    :func:`~bye.detect.extract.image_attention` reads alone, and the pass that the
+    ``answer_gain`` detector needs anyway gives BYE's profile without a second forward.
     """
     _check(images, questions)
     if len(answers) != len(images):
@@ -176,8 +203,10 @@ def answer_loglik(model, processor, images: Sequence[Image.Image], questions: Se
     parameters = _forward_parameters(model)
     tokenizer = processor.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    token_id = image_token_id(model, processor) if attention else None
     totals: list[torch.Tensor] = []
     counts: list[torch.Tensor] = []
+    per_sample: list[np.ndarray] = []
     with evaluating(model):
         for start in batch_starts(len(images), batch_size, "answer", progress):
             stop = min(start + batch_size, len(images))
@@ -188,7 +217,14 @@ def answer_loglik(model, processor, images: Sequence[Image.Image], questions: Se
             inputs = prepare_inputs(model, batch, parameters)
             if "logits_to_keep" in parameters:
                 inputs["logits_to_keep"] = keep
-            logits = model(**inputs, use_cache=False).logits[:, -keep:]
+            if attention:
+                length = labels.shape[1]
+                positions = torch.tensor([length - len(s.input_ids) + s.prompt_length - 1 for s in encoded])
+                outputs, rows = recorded_forward(model, inputs, positions)
+                per_sample.extend(image_rows(rows, batch["input_ids"], token_id, start))
+            else:
+                outputs = model(**inputs, use_cache=False)
+            logits = outputs.logits[:, -keep:]
             # the logit at position t predicts the token at t + 1
             targets = labels[:, -keep:][:, 1:].to(logits.device)
             log_p = torch.log_softmax(logits[:, :-1].double(), dim=-1)
@@ -196,4 +232,15 @@ def answer_loglik(model, processor, images: Sequence[Image.Image], questions: Se
             picked = log_p.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
             totals.append((picked * valid).sum(dim=1).cpu())
             counts.append(valid.sum(dim=1).cpu())
-    return torch.cat(totals).numpy(), torch.cat(counts).numpy().astype(np.int64)
+    return AnswerPass(torch.cat(totals).numpy(), torch.cat(counts).numpy().astype(np.int64),
+                      assemble(per_sample, keep_maps=keep_maps) if attention else None)
+
+
+def answer_loglik(model, processor, images: Sequence[Image.Image], questions: Sequence[str],
+                  answers: Sequence[str], *, batch_size: int = 16,
+                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(loglik (N,) float64, n_tokens (N,) int64)``: ``sum log p(answer token | image, prompt,
+    earlier answer tokens)`` over the tokens the fine-tune's loss is taken on
+    (:func:`answer_pass` without the attention)."""
+    result = answer_pass(model, processor, images, questions, answers, batch_size=batch_size, progress=progress)
+    return result.loglik, result.n_tokens

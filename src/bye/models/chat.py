@@ -8,7 +8,7 @@ for the assistant turn. Image-token expansion is left to the processor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
@@ -45,6 +45,9 @@ class EncodedSample:
     labels: torch.Tensor  # (T,), IGNORE_INDEX on the prompt
     vision: dict[str, torch.Tensor]  # processor outputs for the image, batch dim 1 where it has one
     prompt_length: int
+    # Per-token processor outputs beside input_ids (Qwen2-VL's mm_token_type_ids, Gemma3's
+    # token_type_ids), (T,) each, 0 (text) over the answer.
+    per_token: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def open_rgb(path) -> Image.Image:
@@ -61,6 +64,9 @@ def encode_for_training(processor, image: Image.Image, question: str, answer: st
     inputs = encode_prompt(processor, image, question)
     prompt_ids = inputs.pop("input_ids")[0]
     inputs.pop("attention_mask", None)
+    per_token = {key: inputs.pop(key)[0] for key, value in list(inputs.items())
+                 if isinstance(value, torch.Tensor) and not value.is_floating_point()
+                 and tuple(value.shape) == (1, len(prompt_ids))}
     if answer is None:
         answer_ids = torch.zeros(0, dtype=prompt_ids.dtype)
     else:
@@ -69,22 +75,29 @@ def encode_for_training(processor, image: Image.Image, question: str, answer: st
         )["input_ids"][0]
     input_ids = torch.cat([prompt_ids, answer_ids])
     labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), answer_ids])
-    return EncodedSample(input_ids=input_ids, labels=labels, vision=dict(inputs), prompt_length=len(prompt_ids))
+    per_token = {key: torch.cat([value, value.new_zeros(len(answer_ids))]) for key, value in per_token.items()}
+    return EncodedSample(input_ids=input_ids, labels=labels, vision=dict(inputs), prompt_length=len(prompt_ids),
+                         per_token=per_token)
 
 
 def collate(samples: list[EncodedSample], pad_token_id: int, *, padding_side: str = "right") -> dict[str, torch.Tensor]:
-    """Pad text to the longest sample; concatenate vision inputs along their first axis."""
+    """Pad text (and per-token processor outputs, with 0) to the longest sample; concatenate
+    vision inputs along their first axis."""
     longest = max(len(s.input_ids) for s in samples)
     input_ids = torch.full((len(samples), longest), pad_token_id, dtype=torch.long)
     labels = torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(samples), longest), dtype=torch.long)
+    per_token = {key: torch.zeros((len(samples), longest), dtype=value.dtype)
+                 for key, value in samples[0].per_token.items()}
     for row, sample in enumerate(samples):
         n = len(sample.input_ids)
         span = slice(0, n) if padding_side == "right" else slice(longest - n, longest)
         input_ids[row, span] = sample.input_ids
         labels[row, span] = sample.labels
         attention_mask[row, span] = 1
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        for key, value in sample.per_token.items():
+            per_token[key][row, span] = value
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **per_token}
     for key in samples[0].vision:
         batch[key] = torch.cat([s.vision[key] for s in samples], dim=0)
     return batch
