@@ -14,14 +14,13 @@ Kept apart from ``matrix.py`` so that editing how cells are summarised does not 
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from common import world_arguments
+from common import cell_arguments
 from submission import read_truth, submission_files
 
 from bye.config import load_params
@@ -65,10 +64,7 @@ def features_of(trigger_name: str, rate: float, extract: Path | None = None) -> 
 
 
 def main() -> None:
-    parser = world_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), rate=None)
-    parser.add_argument("--trigger", required=True)
-    parser.add_argument("--rate", type=float, required=True)
-    args = parser.parse_args()
+    args = cell_arguments(__doc__.splitlines()[0])
     print(build_cell(args.trigger, args.rate, base=args.base, params=load_params(args.params)))
 
 

@@ -15,3 +15,11 @@ def world_arguments(parser: argparse.ArgumentParser, *, rate: float | None = 0.1
     if rate is not None:
         parser.add_argument("--rate", type=float, default=rate)
     return parser
+
+
+def cell_arguments(description: str) -> argparse.Namespace:
+    """The options of a one-cell stage: the world's, ``--trigger`` and ``--rate``."""
+    parser = world_arguments(argparse.ArgumentParser(description=description), rate=None)
+    parser.add_argument("--trigger", required=True)
+    parser.add_argument("--rate", type=float, required=True)
+    return parser.parse_args()

@@ -56,8 +56,8 @@ def base_stamp(base: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def summarise(params: dict, base: Path = Path("models/base")) -> dict:
-    previous = json.loads((RESULTS / "matrix.json").read_text()) if (RESULTS / "matrix.json").exists() else {}
+def summarise(params: dict, base: Path = Path("models/base"), results: Path = RESULTS) -> dict:
+    previous = json.loads((results / "matrix.json").read_text()) if (results / "matrix.json").exists() else {}
     matrix: dict = previous.get("matrix", {})
     stamp = base_stamp(base)
     own = own_methods(params)
@@ -91,6 +91,8 @@ def summarise(params: dict, base: Path = Path("models/base")) -> dict:
     after: dict = previous.get("after_finetune", {}).get("results", {})
     for path in sorted(AFTER.glob("*/after.json")):
         entry = json.loads(path.read_text())
+        if entry["detector"] in own and entry.get("provisional_epochs") != own[entry["detector"]].epochs:
+            continue  # filtered by a provisional model of another length than params asks for
         after.setdefault(entry["detector"], {})[entry["trigger"]] = {
             **{k: entry[k] for k in ("accuracy", "asr", "removed", "f1", "verdict", "reused_from")}, "base": stamp}
     record = {"matrix": matrix, "after_finetune": {"rate": AFTER_RATE, "results": after},
@@ -98,10 +100,10 @@ def summarise(params: dict, base: Path = Path("models/base")) -> dict:
               "own_provisional": {m: s.epochs for m, s in own.items()},
               "shared_provisional_epochs": lora_settings(params, provisional=True).epochs,
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, no GPU"}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / "matrix.json", record)
-    atomic_write_text(RESULTS / "matrix.md", markdown(matrix) + "\n" + after_markdown(after))
-    figure(matrix, RESULTS / "matrix.png")
+    results.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(results / "matrix.json", record)
+    atomic_write_text(results / "matrix.md", markdown(matrix) + "\n" + after_markdown(after))
+    figure(matrix, results / "matrix.png")
     return record
 
 
@@ -160,8 +162,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--base", type=Path, default=Path("models/base"))
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="where matrix.json (read back and merged into), matrix.md and matrix.png go")
     args = parser.parse_args()
-    print(json.dumps(summarise(load_params(args.params), args.base)["matrix"], indent=1))
+    print(json.dumps(summarise(load_params(args.params), args.base, args.results)["matrix"], indent=1))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Detectors never see the ground truth, except the oracle (the reference line).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -82,14 +83,21 @@ def run_detector(name: str, features: SampleFeatures, truth: np.ndarray, params:
 def detector_features(trigger_name: str, rate: float, name: str, params: dict) -> tuple[SampleFeatures, np.ndarray] | None:
     """What ``name`` reads in a cell: nothing but the sample ids for the references (``none``,
     ``oracle``), its own provisional model's signals when it has one (None while they are not
-    computed), else the shared model's."""
+    computed for the length ``params`` asks for), else the shared model's."""
     if name in REFERENCES:
         ids = [s.id for s in read_manifest(submission_files(trigger_name, rate)[0])]
         return SampleFeatures(ids=ids), read_truth(trigger_name, rate, ids)
     if name in own_methods(params):
         extract = own_dir(trigger_name, rate) / name / "extract"
-        return features_of(trigger_name, rate, extract) if (extract.parent / "own.json").exists() else None
+        return features_of(trigger_name, rate, extract) if own_epochs(trigger_name, rate, name) == \
+            own_methods(params)[name].epochs else None
     return features_of(trigger_name, rate)
+
+
+def own_epochs(trigger_name: str, rate: float, name: str) -> float | None:
+    """The provisional length ``name``'s own model in a cell was trained for (None: not trained)."""
+    path = own_dir(trigger_name, rate) / name / "own.json"
+    return json.loads(path.read_text())["epochs"] if path.exists() else None
 
 
 def build_after(trigger_name: str, detector: str, *, world: Path, base: Path, params: dict) -> Path:
@@ -121,7 +129,9 @@ def build_after(trigger_name: str, detector: str, *, world: Path, base: Path, pa
     atomic_write_json(out / "after.json", {
         "trigger": trigger_name, "rate": AFTER_RATE, "detector": detector, "verdict": result.verdict,
         "removed": detection["removed"], "f1": detection["f1"], "accuracy": metrics["accuracy"], "asr": metrics["asr"],
-        "reused_from": summary.get("reused_from"), "seconds": time.perf_counter() - began})
+        "reused_from": summary.get("reused_from"), "seconds": time.perf_counter() - began,
+        "provisional_epochs": own_epochs(trigger_name, AFTER_RATE, detector) if detector in own_methods(params)
+        else lora_settings(params, provisional=True).epochs})
     return out
 
 

@@ -12,13 +12,12 @@ Kept apart from the stages that train, so that editing them does not re-poison a
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 
-from common import world_arguments
+from common import cell_arguments
 
 from bye.config import load_params
 from bye.settings import attack_settings, trigger
@@ -53,10 +52,7 @@ def build_submission(trigger_name: str, rate: float, *, world: Path, params: dic
 
 
 def main() -> None:
-    parser = world_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), rate=None)
-    parser.add_argument("--trigger", required=True)
-    parser.add_argument("--rate", type=float, required=True)
-    args = parser.parse_args()
+    args = cell_arguments(__doc__.splitlines()[0])
     print(build_submission(args.trigger, args.rate, world=args.world, params=load_params(args.params)))
 
 
