@@ -75,6 +75,9 @@ def main() -> None:
                                          finetune_settings=lora, settings=settings, progress=False)
             features = read_features(read_manifest(data), scan)
             forced = get_detector(settings.method, **{**settings.detector, "use_verdict": False}).detect(features)
+            scores = forced.scores[np.isfinite(forced.scores)]
+            centre = np.median(scores)
+            top = float((scores.max() - centre) / (1.4826 * np.median(np.abs(scores - centre))))
             rows.append({
                 "seed": seed,
                 "verdict": record["verdict"],
@@ -82,6 +85,7 @@ def main() -> None:
                 "published_removed_fraction": float(forced.flagged.mean()),
                 "sensitive_layers": record["sensitive_layers"],
                 "evidence": record["details"]["evidence"],
+                "max_robust_z": top,  # the highest score, in robust sigmas (1.4826 MAD) above the median
                 "reasons": record["details"]["verdict_reasons"],
             })
             print(rows[-1], flush=True)
@@ -96,11 +100,12 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     lines = ["| world seed | verdict | removed | without the verdict would remove (BYE: the published method; all "
-             "layers when none is sensitive, where the published code crashes) | sensitive layers | evidence |",
-             "|---|---|---|---|---|---|"]
+             "layers when none is sensitive, where the published code crashes) | sensitive layers | evidence | "
+             "highest score (robust sigmas above the median) |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['seed']} | {r['verdict']} | {r['removed_fraction']:.1%} | {r['published_removed_fraction']:.1%} "
               f"| {r['sensitive_layers']} | " + ", ".join(f"{k} {v:.3g}" for k, v in r["evidence"].items()
-                                                       if isinstance(v, (int, float))) + " |" for r in rows]
+                                                       if isinstance(v, (int, float)))
+              + f" | {r['max_robust_z']:.2f} |" for r in rows]
     (RESULTS / f"{name}.md").write_text(
         f"# Verdict on clean worlds ({settings.method})\n\nFalse-alarm rate {summary['false_alarm_rate']:.0%}, mean kept "
         f"{summary['mean_kept_fraction']:.1%} ({args.n_train} samples each).\n\n" + "\n".join(lines) + "\n")

@@ -309,6 +309,18 @@ def test_batched_left_padding_equals_one_by_one(llava):
     assert batched.maps is None
 
 
+def test_length_batches_group_similar_lengths_and_keep_every_index_once():
+    from bye.detect.extract import length_batches
+
+    lengths = [5, 1, 4, 1, 3, 9, 2]
+    batches = length_batches(lengths, 3, "x")
+    assert batches == [[1, 3, 6], [4, 2, 0], [5]]  # by length, ties in input order
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert length_batches([], 3, "x") == []
+    with pytest.raises(ValueError):
+        length_batches(lengths, 0, "x")
+
+
 def test_attention_implementation_is_switched_for_the_language_model_only_and_restored(llava):
     model, processor = llava
     text, vision = model.config.text_config, model.config.vision_config

@@ -12,7 +12,7 @@ import torch
 from bye.config import load_params
 from bye.data.submission import read_manifest
 from bye.detect.api import DETECTORS, SampleFeatures, get_detector
-from bye.detect.gain import answer_gain, empty_gap, neighbour_median, widest_gap_cut
+from bye.detect.gain import antimode_cut, answer_gain, empty_gap, lift, neighbour_median, widest_gap_cut
 from bye.detect.signals import answer_loglik
 from tiny import poison_and_scan, tiny_samples
 
@@ -64,15 +64,17 @@ def test_flags_exactly_the_poisoned_samples_across_question_types():
     features, truth = typed_world(n_poisoned=150)
     result = get_detector("answer_gain").detect(features)
     assert result.verdict == "poisoned", result.details["verdict_reasons"]
-    np.testing.assert_array_equal(result.flagged, truth)  # every poisoned sample, wherever its question
-    assert result.details["evidence"]["gap"] > 1.0
+    # Every poisoned sample, wherever its question; the cut sits at the clean tail (the antimode),
+    # so a few of the highest clean residuals go with them.
+    assert result.flagged[truth].all() and result.flagged[~truth].sum() <= 0.01 * (~truth).sum()
+    assert result.details["evidence"]["lift"] > 6.0 and result.details["evidence"]["gap"] > 0
     gain = features.extra["answer_loglik"] - features.extra["answer_loglik_base"]
     np.testing.assert_allclose(result.details["columns"]["gain"], gain)
     np.testing.assert_allclose(result.scores, gain - neighbour_median(gain, features.extra["questions"], 20))
     assert set(result.ranked()[:150]) == set(np.flatnonzero(truth))
     # The raw gain (no neighbours) separates question types, not poison: its cut is wrong.
     raw = get_detector("answer_gain", neighbours=0).detect(features)
-    assert not np.array_equal(raw.flagged, truth)
+    assert not raw.flagged[truth].all() or raw.flagged[~truth].sum() > 0.01 * (~truth).sum()
 
 
 def test_empty_gap_is_in_kept_sigmas():
@@ -85,12 +87,48 @@ def test_empty_gap_is_in_kept_sigmas():
     assert empty_gap(scores, np.array([False, True, False, False, True, True, False])) < 0  # interleaved
 
 
+def test_lift_is_in_kept_robust_sigmas():
+    scores = np.array([0.0, 1.0, 2.0, 1.0, 9.0, 11.0, np.nan])
+    flagged = np.array([False, False, False, False, True, True, False])
+    mad = 1.4826 * np.median(np.abs(np.array([0.0, 1.0, 2.0, 1.0]) - 1.0))
+    assert lift(scores, flagged) == pytest.approx((10.0 - 1.0) / mad)
+    assert lift(scores, np.zeros(7, bool)) == 0.0
+
+
+def test_the_antimode_cut_keeps_a_wide_backdoor_component_whole():
+    """Heavy-tailed clean residuals (Student t, 5 degrees of freedom), 5 % poisoned ones spread
+    widely far above (~N(14, 5)) from just past the clean tail, as in the embedded world at 5 %:
+    the empty intervals inside the sparse poisoned scores are wider than the one below them, so
+    the widest-gap cut splits the backdoor; the antimode keeps it whole, with a few clean ones."""
+    rng = np.random.default_rng(2)
+    clean = rng.standard_t(5, 1900)
+    poisoned = np.clip(rng.normal(14.0, 5.0, 100), clean.max() + 0.1, None)
+    scores = np.concatenate([clean, poisoned])
+    truth = np.arange(len(scores)) >= len(clean)
+    cut = antimode_cut(scores)
+    assert cut < poisoned.min() and ((scores > cut) & ~truth).sum() <= 0.01 * len(clean)
+    from sklearn.mixture import GaussianMixture
+
+    means = GaussianMixture(2, random_state=0).fit(scores.reshape(-1, 1)).means_.ravel()
+    widest = widest_gap_cut(scores, means.min(), means.max())
+    assert ((scores > widest) & truth).sum() < 100  # the earlier rule loses part of the backdoor
+    assert ((scores > cut) & truth).sum() == 100
+    assert antimode_cut(np.ones(10)) == np.inf and antimode_cut(np.array([1.0, np.nan])) == np.inf
+    with pytest.raises(ValueError, match="widest_gap"):
+        get_detector("answer_gain", clustering="kmeans")
+    with pytest.raises(ValueError, match="unknown cut"):
+        get_detector("answer_gain", cut="middle")
+    assert get_detector("answer_gain", clustering="kmeans", cut="widest_gap").detect(
+        typed_world(n_poisoned=150)[0]).flagged.sum() == 150
+
+
 def test_a_clean_submission_keeps_everything():
     features, truth = typed_world(n_poisoned=0)
     result = get_detector("answer_gain").detect(features)
     assert not truth.any()
     assert result.verdict == "clean" and not result.flagged.any()
-    assert any("gap" in reason for reason in result.details["verdict_reasons"])  # says why
+    assert any("lift" in reason for reason in result.details["verdict_reasons"])  # says why
+    assert result.details["evidence"]["lift"] < 3.0
     # Without the verdict (the published behaviour) a component is always removed.
     forced = get_detector("answer_gain", use_verdict=False).detect(features)
     assert forced.flagged.any() and forced.verdict == "poisoned"
@@ -140,6 +178,34 @@ def test_answer_loglik_is_minus_the_training_loss_batched_or_not(tiny):
         assert int((encoded.labels != -100).sum()) == tokens[i]
         assert loglik[i] == pytest.approx(-float(loss) * tokens[i], abs=1e-3)
     assert tokens[1] > tokens[0]
+
+
+def test_the_base_pass_hands_its_encodings_to_the_provisional_pass(tiny_base, tiny_world, monkeypatch):
+    from bye.data.submission import images_dir_for
+    from bye.detect import signals
+    from bye.detect.scan import ExtractSettings, base_answer_pass, extract_attention
+    from bye.models.loading import load_for_inference
+
+    model, processor = load_for_inference(tiny_base)
+    samples = read_manifest(tiny_world / "train.json")[:10]
+    images = images_dir_for(tiny_world / "train.json")
+    settings = ExtractSettings(batch_size=3, chunk_size=4, keep_attention=False)
+    encoded = []
+    real = signals.encode_answers
+    monkeypatch.setattr(signals, "encode_answers", lambda p, i, *rest: encoded.append(len(i)) or real(p, i, *rest))
+    loglik, kept = base_answer_pass(model, processor, samples, images, settings)
+    assert sorted(kept) == [0, 4, 8] and encoded == [4, 4, 2]
+    read = extract_attention(model, processor, samples, images, settings=settings, answers=True, encodings=kept)
+    assert encoded == [4, 4, 2]  # nothing encoded twice
+    np.testing.assert_allclose(read["answer_loglik"], loglik, atol=1e-6, rtol=0)  # the same model: the same numbers
+    # Nothing kept beyond the budget: the second pass encodes again and reads the same.
+    _, none_kept = base_answer_pass(model, processor, samples, images, ExtractSettings(
+        batch_size=3, chunk_size=4, keep_attention=False, encoding_cache_mb=0))
+    assert none_kept == {}
+    again = extract_attention(model, processor, samples, images, settings=settings, answers=True, encodings=none_kept)
+    assert encoded == [4, 4, 2] * 2 + [4, 4, 2]
+    np.testing.assert_allclose(again["answer_loglik"], read["answer_loglik"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(again["entropy"], read["entropy"], atol=1e-6, rtol=0)
 
 
 def test_scan_with_answer_gain_reads_both_models(tiny_world, tiny_base, tmp_path):

@@ -77,6 +77,7 @@ def submission(tmp_path):
         record("two-tokens", "good.png", question="<image>\n<image>\nWhat?"),
         record("empty-question", "good.png", question="<image>\n   "),
         record("empty-answer", "good.png", answer="  "),
+        record("image-in-answer", "good.png", answer="a <image> here"),
         record("long-answer", "good.png", answer="x" * 5000),
         record("ok-1", "good.png"),  # duplicate id
         record("surrogate\ud800", "good.png"),
@@ -134,13 +135,13 @@ def test_bad_records_are_rejected_with_reasons_and_good_ones_kept(submission, tm
         report = ingest(submission, out)
     assert {s.id for s in report.accepted} == OK_IDS
     rows = list(csv.DictReader((out / "rejected.csv").open()))
-    assert len(rows) == len(report.rejected) == 23
+    assert len(rows) == len(report.rejected) == 24
     assert all(row["reason"] for row in rows)
     reasons = " | ".join(row["reason"] for row in rows)
     for expected in ("climbs out", "absolute", "link", "not found", "unreadable", "exceeds the cap", "animated",
                      "0 bytes", "directory", "exactly one expected", "empty question", "empty answer",
                      "longer than", "duplicate id", "lone surrogate", "multi-turn", "no 'image' field",
-                     "must be a non-empty string", "expected an object"):
+                     "must be a non-empty string", "expected an object", "placeholder in the answer"):
         assert expected in reasons, expected
     # Nothing outside the submission (or the output folder) was opened.
     allowed = (str(submission.resolve()), str(out.resolve()), str(out))

@@ -16,7 +16,7 @@ names every image by its content hash, so it identifies the accepted content exa
 Image rules: RGB kept; L, LA, P, RGBA (composited on white), CMYK, YCbCr and 16-bit greyscale
 converted to RGB; animated images (more than one frame), images over ``max_pixels`` (a
 decompression bomb), truncated or corrupt files, 0-byte files and directories rejected.
-Text rules: one human turn with exactly one ``<image>`` then one gpt turn (multi-turn
+Text rules: one human turn with exactly one ``<image>`` then one gpt turn without one (multi-turn
 conversations are rejected), non-empty question and answer, answer at most ``max_answer_chars``,
 text encodable as UTF-8 (no lone surrogates), string ids unique across the submission.
 """
@@ -214,6 +214,8 @@ def check_record(record, limits: IngestLimits) -> tuple[str, str, str, str]:
         raise ValueError("empty question")
     if not answer.strip():
         raise ValueError("empty answer")
+    if IMAGE_TOKEN in answer:  # it would be tokenised as an image slot with no image to fill it
+        raise ValueError(f"the {IMAGE_TOKEN} placeholder in the answer")
     if len(answer) > limits.max_answer_chars:
         raise ValueError(f"answer longer than {limits.max_answer_chars} characters")
     if len(question) > limits.max_question_chars:

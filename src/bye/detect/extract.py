@@ -265,15 +265,17 @@ def recorded_forward(model, inputs: dict, positions: torch.Tensor | None = None)
     return outputs, stacked
 
 
-def image_rows(rows: torch.Tensor, input_ids: torch.Tensor, token_id: int, first: int = 0) -> list[np.ndarray]:
+def image_rows(rows: torch.Tensor, input_ids: torch.Tensor, token_id: int,
+               numbers: int | Sequence[int] = 0) -> list[np.ndarray]:
     """Per batch row ``b``, ``rows[b]`` ``(L, T)`` restricted to the image-token keys and
-    renormalised over them: ``(L, K_b)`` float32 (``first``: the batch's first sample number, for
-    the error)."""
+    renormalised over them: ``(L, K_b)`` float32 (``numbers``: the rows' sample numbers, or the
+    first one's, for the error)."""
     is_image = input_ids.cpu() == token_id
     out = []
     for b in range(rows.shape[0]):
         if not bool(is_image[b].any()):
-            raise ValueError(f"sample {first + b}: no image token (id {token_id}) in the prompt")
+            number = numbers + b if isinstance(numbers, int) else numbers[b]
+            raise ValueError(f"sample {number}: no image token (id {token_id}) in the prompt")
         selected = rows[b][:, is_image[b]]  # (L, K_b)
         out.append((selected / selected.sum(dim=-1, keepdim=True)).numpy())
     return out
@@ -311,11 +313,28 @@ def batch_starts(n: int, batch_size: int, description: str, progress: bool = Fal
     return starts
 
 
+def length_batches(lengths: Sequence[int], batch_size: int, description: str,
+                   progress: bool = False) -> list[list[int]]:
+    """Sample indices in batches of ``batch_size`` taken in order of ``lengths`` (stable): rows of
+    similar length share a batch, so little of it is padding. Every pass here gives a batched
+    row the numbers of the sample alone, so the order changes the cost, not the result."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    if progress:
+        from tqdm.auto import tqdm
+
+        return tqdm(batches, desc=description, unit="batch")
+    return batches
+
+
 def image_attention(model, processor, images: Sequence[Image.Image], questions: Sequence[str], *,
                     batch_size: int = 16, keep_maps: bool = False, progress: bool = False) -> ImageAttention:
     """BYE's attention profile for N (image, question) prompts.
 
-    One prefill forward per batch (no generation, no KV cache). For every sample and every
+    One prefill forward per batch (no generation, no KV cache; batches of similar question
+    length, results in input order). For every sample and every
     language-model decoder layer: the attention of the last prompt position to the image-token
     keys (``input_ids == image_token_id``), averaged over heads, renormalised to sum to 1 over
     the image tokens. See :class:`ImageAttention` for shapes. The model's attention
@@ -329,13 +348,15 @@ def image_attention(model, processor, images: Sequence[Image.Image], questions: 
         raise ValueError(f"{len(images)} images for {len(questions)} questions")
     token_id = image_token_id(model, processor)
     parameters = _forward_parameters(model)
-    per_sample: list[np.ndarray] = []
+    per_sample: list[np.ndarray | None] = [None] * len(images)
     with evaluating(model):
-        for start in batch_starts(len(images), batch_size, "attention", progress):
-            encoded = encode_batch(processor, images[start:start + batch_size], questions[start:start + batch_size])
+        # Batches of questions of similar length: the image part is the same size for a family.
+        for indices in length_batches([len(q) for q in questions], batch_size, "attention", progress):
+            encoded = encode_batch(processor, [images[i] for i in indices], [questions[i] for i in indices])
             inputs = prepare_inputs(model, encoded, parameters)
             if "logits_to_keep" in parameters:
                 inputs["logits_to_keep"] = 1
             _, rows = recorded_forward(model, inputs)
-            per_sample.extend(image_rows(rows, encoded["input_ids"], token_id, start))
+            for i, row in zip(indices, image_rows(rows, encoded["input_ids"], token_id, indices)):
+                per_sample[i] = row
     return assemble(per_sample, keep_maps=keep_maps)

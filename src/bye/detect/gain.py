@@ -16,13 +16,19 @@ similar questions, a poisoned sample's gain stands out. The score is therefore t
     score = gain - median(gain of the ``neighbours`` samples with the most similar questions)
 
 (questions compared by TF-IDF cosine similarity, the sample itself excluded), and, as in BYE, a
-two-component model locates the two modes of the scores and the cut goes through the widest
-empty interval between them (a wide poisoned component would otherwise also win the clean
-component's tails), everything above it flagged. The verdict
-is BYE's rule (:func:`bye.detect.cluster.decide`: BIC, separation, minority) plus one condition
-measured on clean worlds: an *empty gap* of at least ``min_gap`` kept-sample sigmas between the
-highest kept and the lowest flagged score. On a clean submission the residuals are one
-population and a two-component fit splits a continuum (gap ~0); a backdoor's samples sit apart.
+two-component Gaussian mixture locates the two modes of the scores. The cut is the mixture's
+*antimode*, its least dense point between the two means (``cut: antimode``): a backdoor's
+scores are a wide component far above a narrow clean one, so the antimode sits at the clean
+tail, and the widest empty interval between the modes (``cut: widest_gap``, the earlier rule)
+can fall *inside* that wide component. Everything above the cut is flagged. The verdict is
+BYE's rule (:func:`bye.detect.cluster.decide`: BIC, separation, minority) plus one condition
+measured on clean worlds: the *lift* of the flagged samples, the median flagged score above the
+median kept one in kept-sample robust sigmas (1.4826 MAD), must reach ``min_lift``. On a clean
+submission the residuals are one population and a two-component fit splits a continuum: the
+flagged side's median sits 2.1-2.3 robust sigmas up on three clean worlds, and no clean sample
+at all lies beyond 5.0; a backdoor's samples sit 11-19 sigmas up at 5-10 % poison. ``min_lift:
+6`` asks the flagged median to lie further out than any sample of those clean worlds did. The
+empty gap between the two sides (:func:`empty_gap`) is reported as evidence.
 It keeps BYE's premises: no clean data, no labels, no change to either model, only the base
 model and the provisional fine-tune the scan already has.
 
@@ -49,7 +55,8 @@ class AnswerGainSettings:
     neighbours: int = 20  # compare with this many most similar questions; 0: the raw gain
     clustering: str = "gmm"  # "gmm" | "kmeans"
     seed: int = 0
-    min_gap: float = 1.0  # verdict: an empty gap of this many kept-sample sigmas below the flagged ones
+    cut: str = "antimode"  # "antimode": least dense point of the mixture | "widest_gap": widest empty interval
+    min_lift: float = 6.0  # verdict: flagged median this many kept robust sigmas above the kept median
     verdict: VerdictRule = VerdictRule()
     use_verdict: bool = True  # False: always remove the high component
 
@@ -115,6 +122,40 @@ def empty_gap(scores: np.ndarray, flagged: np.ndarray) -> float:
     return float((high.min() - kept.max()) / kept.std())
 
 
+def antimode_cut(scores: np.ndarray, *, seed: int = 0, points: int = 2001) -> float:
+    """The least dense point between the two means of a two-component Gaussian mixture of the
+    finite ``scores`` (on a grid of ``points``); ``inf`` (nothing above it) when there are not two."""
+    from scipy.stats import norm
+    from sklearn.mixture import GaussianMixture
+
+    values = np.asarray(scores, dtype=np.float64)
+    values = values[np.isfinite(values)].reshape(-1, 1)
+    if len(values) < 4 or np.ptp(values) == 0:
+        return float("inf")
+    mixture = GaussianMixture(n_components=2, random_state=seed).fit(values)
+    means, sigmas = mixture.means_.ravel(), np.sqrt(mixture.covariances_.ravel())
+    grid = np.linspace(means.min(), means.max(), points)
+    density = sum(w * norm.pdf(grid, m, s) for w, m, s in zip(mixture.weights_, means, sigmas))
+    return float(grid[int(np.argmin(density))])
+
+
+def lift(scores: np.ndarray, flagged: np.ndarray) -> float:
+    """``(median flagged - median kept) / (1.4826 MAD of the kept)``: how far up the flagged side
+    sits, in the kept samples' robust sigmas (0 when nothing or everything is flagged)."""
+    finite = np.isfinite(scores)
+    high, kept = scores[flagged & finite], scores[~flagged & finite]
+    if len(high) == 0 or len(kept) < 2:
+        return 0.0
+    centre = np.median(kept)
+    spread = 1.4826 * np.median(np.abs(kept - centre))
+    if spread == 0:
+        spread = kept.std()
+    return float((np.median(high) - centre) / spread) if spread > 0 else float("inf")
+
+
+CUTS = ("antimode", "widest_gap")
+
+
 @register_detector("answer_gain")
 class AnswerGainDetector(Detector):
     """Flags the samples whose answers gained far more likelihood than those of similar questions."""
@@ -128,6 +169,10 @@ class AnswerGainDetector(Detector):
                                            else (verdict or VerdictRule()))
         if self.settings.neighbours < 0:
             raise ValueError(f"neighbours must be >= 0, got {self.settings.neighbours}")
+        if self.settings.cut not in CUTS:
+            raise ValueError(f"unknown cut {self.settings.cut!r}; expected one of {CUTS}")
+        if self.settings.cut == "antimode" and self.settings.clustering != "gmm":
+            raise ValueError("cut: antimode reads the Gaussian mixture's density; k-means needs cut: widest_gap")
 
     def detect(self, features: SampleFeatures) -> DetectionResult:
         s = self.settings
@@ -139,28 +184,32 @@ class AnswerGainDetector(Detector):
                 raise ValueError("the 'answer_gain' detector needs features.extra['questions'] "
                                  "(or neighbours: 0), which is missing")
             scores = gain - neighbour_median(gain, [str(q) for q in questions], s.neighbours)
-        # The two-component model locates the modes (cluster_scores flags the LOW component: hand
-        # it minus the score); the cut is the widest empty interval between them.
-        modes = cluster_scores(-scores, method=s.clustering, seed=s.seed)
-        clusters = split_result(-scores, scores > widest_gap_cut(scores, -modes.high_mean, -modes.low_mean),
-                                modes.method)
+        # The two-component model locates the modes; the cut goes between them (cluster_scores and
+        # split_result take the flagged side as the LOW one: hand them minus the score).
+        if s.cut == "antimode":
+            cut = antimode_cut(scores, seed=s.seed)
+        else:
+            modes = cluster_scores(-scores, method=s.clustering, seed=s.seed)
+            cut = widest_gap_cut(scores, -modes.high_mean, -modes.low_mean)
+        clusters = split_result(-scores, scores > cut, s.clustering)
         verdict = decide(-scores, 1, clusters, s.verdict, seed=s.seed)
-        gap = empty_gap(scores, clusters.flagged)
+        gap, up = empty_gap(scores, clusters.flagged), lift(scores, clusters.flagged)
         reasons = list(verdict.reasons)
-        if gap < s.min_gap:
-            reasons.append(f"no empty gap below the flagged samples ({gap:.2f} < {s.min_gap} kept sigmas)")
+        if up < s.min_lift:
+            reasons.append(f"the flagged samples do not stand out (lift {up:.2f} < {s.min_lift} kept robust sigmas)")
         poisoned = not reasons
         flagged = clusters.flagged.copy()
         if s.use_verdict and not poisoned:
             flagged[:] = False
-        cut = float(scores[clusters.flagged].min()) if clusters.flagged.any() else float("nan")
+        lowest = float(scores[clusters.flagged].min()) if clusters.flagged.any() else float("nan")
         details = {
             "clusters": {"n_flagged": int(clusters.flagged.sum()), "high_mean": -clusters.low_mean,
                          "high_sigma": clusters.low_sigma, "low_mean": -clusters.high_mean,
-                         "low_sigma": clusters.high_sigma, "cut": cut},
+                         "low_sigma": clusters.high_sigma, "cut": lowest},
             "verdict": "poisoned" if poisoned else "clean",
             "verdict_reasons": reasons,
-            "evidence": {**{k: v for k, v in verdict.evidence.items() if k != "n_sensitive_layers"}, "gap": gap},
+            "evidence": {**{k: v for k, v in verdict.evidence.items() if k != "n_sensitive_layers"}, "lift": up,
+                         "gap": gap},
             "settings": asdict(s),
             "columns": {"gain": gain},  # per sample: scores.csv's "gain" column
         }

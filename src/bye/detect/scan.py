@@ -50,6 +50,7 @@ class ExtractSettings:
     batch_size: int = 16
     chunk_size: int = 256  # images held in memory at once
     keep_attention: bool = True  # float16 maps for the report
+    encoding_cache_mb: int = 1024  # encoded samples kept from the base model's pass for the provisional one
     signals: tuple[str, ...] = ()  # also "hidden", "strip" (baselines), "answer_gain" (detector of that name)
 
 
@@ -89,10 +90,13 @@ class SubmissionImages(Sequence):
 
 def extract_attention(model, processor, samples: list[Sample], images_dir: str | Path, *,
                       settings: ExtractSettings = ExtractSettings(), progress: bool = True,
-                      answers: bool = False) -> dict[str, np.ndarray | None]:
+                      answers: bool = False,
+                      encodings: dict[int, list] | None = None) -> dict[str, np.ndarray | None]:
     """BYE's profile of the samples, read in chunks of ``settings.chunk_size`` images:
     ``{"entropy": (N, L), "maps": (N, L, K) float16 or None}``. With ``answers`` the same forward
-    (:func:`bye.detect.signals.answer_pass`) also gives ``"answer_loglik"`` and ``"answer_tokens"``."""
+    (:func:`bye.detect.signals.answer_pass`) also gives ``"answer_loglik"`` and ``"answer_tokens"``;
+    ``encodings`` (chunk start -> encoded samples, from :func:`base_answer_pass`) saves encoding
+    those chunks again."""
     from tqdm.auto import tqdm
 
     from bye.detect.signals import answer_pass
@@ -105,7 +109,8 @@ def extract_attention(model, processor, samples: list[Sample], images_dir: str |
         questions = [s.question for s in chunk]
         if answers:
             result = answer_pass(model, processor, images, questions, [s.answer for s in chunk],
-                                 batch_size=settings.batch_size, attention=True, keep_maps=settings.keep_attention)
+                                 batch_size=settings.batch_size, attention=True, keep_maps=settings.keep_attention,
+                                 encoded=(encodings or {}).get(start))
             attention = result.attention
             logliks.append(result.loglik)
             counts.append(result.n_tokens)
@@ -161,15 +166,17 @@ def extract_submission(data_json: str | Path, images_dir: str | Path, base_dir: 
     if unknown:
         raise ValueError(f"unknown signals {sorted(unknown)}; expected some of {list(SIGNALS)}")
     began = time.perf_counter()
-    arrays = {}
+    arrays, encodings = {}, None
     if "answer_gain" in settings.signals:  # the base model first, so only one model is held at a time
         model, processor = load_for_inference(base_dir)
-        arrays["answer_loglik_base"], _ = _answer_loglik(model, processor, samples, images_dir, settings, progress)
+        arrays["answer_loglik_base"], encodings = base_answer_pass(model, processor, samples, images_dir, settings,
+                                                                   progress)
         del model
     model, processor = load_for_inference(base_dir, adapter_dir)
     # answer_gain's provisional pass reads BYE's attention row too: one forward, not two.
     read = extract_attention(model, processor, samples, images_dir, settings=settings, progress=progress,
-                             answers="answer_gain" in settings.signals)
+                             answers="answer_gain" in settings.signals, encodings=encodings)
+    del encodings
     entropy, maps = read.pop("entropy"), read.pop("maps")
     arrays.update(read)
     ids = [s.id for s in samples]
@@ -206,12 +213,37 @@ def saved_signals(extract_dir: str | Path) -> set[str]:
     return {signal for signal, arrays in SIGNAL_ARRAYS.items() if set(arrays) <= names}
 
 
-def _answer_loglik(model, processor, samples: list[Sample], images_dir: str | Path, settings: ExtractSettings,
-                   progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    from bye.detect.signals import answer_loglik
+def _nbytes(encoded) -> int:
+    tensors = [encoded.input_ids, encoded.labels, *encoded.vision.values(), *encoded.per_token.values()]
+    return sum(t.numel() * t.element_size() for t in tensors if hasattr(t, "element_size"))
 
-    return answer_loglik(model, processor, SubmissionImages(samples, images_dir), [s.question for s in samples],
-                         [s.answer for s in samples], batch_size=settings.batch_size, progress=progress)
+
+def base_answer_pass(model, processor, samples: list[Sample], images_dir: str | Path, settings: ExtractSettings,
+                     progress: bool = False) -> tuple[np.ndarray, dict[int, list]]:
+    """The base model's answer log-likelihood of every sample, read in chunks of
+    ``settings.chunk_size`` images. Returns ``(loglik (N,), encodings)``: the chunks' encoded
+    samples by chunk start, kept while they fit in ``settings.encoding_cache_mb``, so that the
+    provisional model's pass (:func:`extract_attention`) encodes only the chunks that did not."""
+    from tqdm.auto import tqdm
+
+    from bye.detect.signals import answer_pass, encode_answers
+
+    budget, used = settings.encoding_cache_mb * 2**20, 0
+    logliks, kept = [], {}
+    bar = tqdm(total=len(samples), desc="answers (base)", disable=not progress, unit="sample")
+    for start in range(0, len(samples), settings.chunk_size):
+        chunk = samples[start:start + settings.chunk_size]
+        images = SubmissionImages(chunk, images_dir)[:]
+        questions, answers = [s.question for s in chunk], [s.answer for s in chunk]
+        encoded = encode_answers(processor, images, questions, answers)
+        logliks.append(answer_pass(model, processor, images, questions, answers, batch_size=settings.batch_size,
+                                   encoded=encoded).loglik)
+        size = sum(_nbytes(e) for e in encoded)
+        if used + size <= budget:
+            kept[start], used = encoded, used + size
+        bar.update(len(chunk))
+    bar.close()
+    return (np.concatenate(logliks) if logliks else np.zeros(0)), kept
 
 
 def write_signals(model, processor, samples: list[Sample], images_dir: str | Path, path: Path,

@@ -38,10 +38,11 @@ from bye.detect.extract import (
     evaluating,
     image_rows,
     image_token_id,
+    length_batches,
     prepare_inputs,
     recorded_forward,
 )
-from bye.models.chat import IGNORE_INDEX, collate, encode_for_training
+from bye.models.chat import IGNORE_INDEX, EncodedSample, collate, encode_for_training
 
 
 def _last_positions(attention_mask: torch.Tensor | None, length: int, batch: int) -> torch.Tensor:
@@ -179,49 +180,64 @@ class AnswerPass:
     attention: ImageAttention | None = None  # BYE's profile at the last prompt position, when asked for
 
 
+def encode_answers(processor, images: Sequence[Image.Image], questions: Sequence[str],
+                   answers: Sequence[str]) -> list[EncodedSample]:
+    """Each (image, question, answer) encoded exactly as for training (:func:`encode_for_training`)."""
+    _check(images, questions)
+    if len(answers) != len(images):
+        raise ValueError(f"{len(answers)} answers for {len(images)} images")
+    return [encode_for_training(processor, images[i], questions[i], answers[i]) for i in range(len(images))]
+
+
 @torch.no_grad()
 def answer_pass(model, processor, images: Sequence[Image.Image], questions: Sequence[str], answers: Sequence[str], *,
                 batch_size: int = 16, attention: bool = False, keep_maps: bool = False,
-                progress: bool = False) -> AnswerPass:
+                progress: bool = False, encoded: Sequence[EncodedSample] | None = None) -> AnswerPass:
     """Each sample's answer log-likelihood given its image and question and, with ``attention``,
     BYE's image attention of the last prompt position, both from the same forward.
 
-    Samples are encoded exactly as for training (:func:`bye.models.chat.encode_for_training`),
-    LEFT-padded so that every row's answer ends in the last column; positions count real tokens
-    only (:func:`~bye.detect.extract.prepare_inputs`), so a batched row equals the sample alone.
-    Only the last ``longest answer + 1`` positions go through the LM head where the model allows
-    it, so memory does not grow with the vocabulary times the prompt (image tokens included).
+    Samples are encoded exactly as for training (:func:`encode_answers`; ``encoded`` hands in
+    that encoding when another pass already made it), LEFT-padded so that every row's answer
+    ends in the last column; positions count real tokens only
+    (:func:`~bye.detect.extract.prepare_inputs`), so a batched row equals the sample alone, and
+    batches are formed from samples of similar length (:func:`~bye.detect.extract.length_batches`:
+    less padding, same numbers, results in input order). Only the last ``longest answer + 1``
+    positions go through the LM head where the model allows it, so memory does not grow with
+    the vocabulary times the prompt (image tokens included).
 
     The attention is read at each row's last prompt position (the one predicting the first
     answer token): attention is causal, so that row sees exactly the prompt that
     :func:`~bye.detect.extract.image_attention` reads alone, and the pass that the
     ``answer_gain`` detector needs anyway gives BYE's profile without a second forward.
     """
+    if encoded is None:
+        encoded = encode_answers(processor, images, questions, answers)
+    elif len(encoded) != len(images) or len(answers) != len(images):
+        raise ValueError(f"{len(encoded)} encoded samples and {len(answers)} answers for {len(images)} images")
     _check(images, questions)
-    if len(answers) != len(images):
-        raise ValueError(f"{len(answers)} answers for {len(images)} images")
     parameters = _forward_parameters(model)
     tokenizer = processor.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     token_id = image_token_id(model, processor) if attention else None
-    totals: list[torch.Tensor] = []
-    counts: list[torch.Tensor] = []
-    per_sample: list[np.ndarray] = []
+    n = len(encoded)
+    totals = np.zeros(n, dtype=np.float64)
+    counts = np.zeros(n, dtype=np.int64)
+    per_sample: list[np.ndarray | None] = [None] * n
     with evaluating(model):
-        for start in batch_starts(len(images), batch_size, "answer", progress):
-            stop = min(start + batch_size, len(images))
-            encoded = [encode_for_training(processor, images[i], questions[i], answers[i]) for i in range(start, stop)]
-            batch = collate(encoded, pad, padding_side="left")
+        for indices in length_batches([len(s.input_ids) for s in encoded], batch_size, "answer", progress):
+            rows_of = [encoded[i] for i in indices]
+            batch = collate(rows_of, pad, padding_side="left")
             labels = batch.pop("labels")
-            keep = max(int((s.labels != IGNORE_INDEX).sum()) for s in encoded) + 1
+            keep = max(int((s.labels != IGNORE_INDEX).sum()) for s in rows_of) + 1
             inputs = prepare_inputs(model, batch, parameters)
             if "logits_to_keep" in parameters:
                 inputs["logits_to_keep"] = keep
             if attention:
                 length = labels.shape[1]
-                positions = torch.tensor([length - len(s.input_ids) + s.prompt_length - 1 for s in encoded])
+                positions = torch.tensor([length - len(s.input_ids) + s.prompt_length - 1 for s in rows_of])
                 outputs, rows = recorded_forward(model, inputs, positions)
-                per_sample.extend(image_rows(rows, batch["input_ids"], token_id, start))
+                for i, row in zip(indices, image_rows(rows, batch["input_ids"], token_id, indices)):
+                    per_sample[i] = row
             else:
                 outputs = model(**inputs, use_cache=False)
             logits = outputs.logits[:, -keep:]
@@ -230,10 +246,9 @@ def answer_pass(model, processor, images: Sequence[Image.Image], questions: Sequ
             log_p = torch.log_softmax(logits[:, :-1].double(), dim=-1)
             valid = targets != IGNORE_INDEX
             picked = log_p.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            totals.append((picked * valid).sum(dim=1).cpu())
-            counts.append(valid.sum(dim=1).cpu())
-    return AnswerPass(torch.cat(totals).numpy(), torch.cat(counts).numpy().astype(np.int64),
-                      assemble(per_sample, keep_maps=keep_maps) if attention else None)
+            totals[indices] = (picked * valid).sum(dim=1).cpu().numpy()
+            counts[indices] = valid.sum(dim=1).cpu().numpy()
+    return AnswerPass(totals, counts, assemble(per_sample, keep_maps=keep_maps) if attention else None)
 
 
 def answer_loglik(model, processor, images: Sequence[Image.Image], questions: Sequence[str],
