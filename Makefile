@@ -72,7 +72,7 @@ bench-matrix: $(STAMP)
 bench-cost: $(STAMP)
 	$(BIN)/dvc repro dvc.yaml:world dvc.yaml:base
 	for method in bye answer_gain; do \
-	  $(BIN)/python benchmarks/cost.py --method $$method --triggers sig,badnets --rate 0.1 --epochs 0.5,1,2,3 || exit 1; done
+	  $(BIN)/python benchmarks/cost.py --method $$method --triggers sig,badnets --rate 0.1 --epochs 0.5,0.75,1,2,3 || exit 1; done
 
 # Plausible backdoor targets (a letter, a colour word): where the text-side detector should fail.
 bench-target: $(STAMP)
