@@ -25,8 +25,8 @@ BYE's rule (:func:`bye.detect.cluster.decide`: BIC, separation, minority) plus o
 measured on clean worlds: the *lift* of the flagged samples, the median flagged score above the
 median kept one in kept-sample robust sigmas (1.4826 MAD), must reach ``min_lift``. On a clean
 submission the residuals are one population and a two-component fit splits a continuum: the
-flagged side's median sits 2.1-2.3 robust sigmas up on three clean worlds, and no clean sample
-at all lies beyond 5.0; a backdoor's samples sit 11-19 sigmas up at 5-10 % poison. ``min_lift:
+flagged side's median sits 2.1-2.5 robust sigmas up on three clean worlds, and no clean sample
+at all lies beyond 5.1; a backdoor's samples sit 11-19 sigmas up at 5-10 % poison. ``min_lift:
 6`` asks the flagged median to lie further out than any sample of those clean worlds did. The
 empty gap between the two sides (:func:`empty_gap`) is reported as evidence.
 It keeps BYE's premises: no clean data, no labels, no change to either model, only the base

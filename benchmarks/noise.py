@@ -1,0 +1,85 @@
+"""The noise floor of "clean accuracy within one point of the oracle": how far the clean fine-tune's
+accuracy moves when the oracle's training set (every clean sample of a poisoned submission) loses one
+more clean sample, drawn at random.
+
+    python benchmarks/noise.py --trigger badnets --rate 0.1 --drops 4 [--seed 0]
+
+A detector that removes every poisoned sample and a few clean ones trains on such a set. Each
+fine-tune is the product's (``finetune`` params, 3 epochs), evaluated on the world's test split
+(accuracy, and the ASR of the submission's trigger). Writes ``benchmarks/results/noise.json`` and
+``noise.md``; the machine is described inside. Adapters go to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import world_arguments
+from submission import read_truth, submission_files
+
+from bye.config import load_params
+from bye.data.submission import read_manifest, write_manifest
+from bye.io import atomic_write_json, atomic_write_text
+from bye.models.evaluate import run_evaluation
+from bye.models.finetune import finetune
+from bye.settings import eval_settings, lora_settings, trigger
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = world_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--trigger", default="badnets")
+    parser.add_argument("--drops", type=int, default=4, help="fine-tunes, each without one more random clean sample")
+    parser.add_argument("--seed", type=int, default=0, help="which clean samples are dropped")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    data, images = submission_files(args.trigger, args.rate)
+    samples = read_manifest(data)
+    clean = [s for s, poisoned in zip(samples, read_truth(args.trigger, args.rate, [s.id for s in samples]))
+             if not poisoned]
+    rng = np.random.default_rng(args.seed)
+    dropped = [None, *(int(i) for i in rng.choice(len(clean), size=args.drops, replace=False))]
+    target = params.get("attack", {}).get("target")
+    rows = []
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, drop in enumerate(dropped):
+            manifest = Path(tmp) / f"set-{n}.json"
+            write_manifest([s for i, s in enumerate(clean) if i != drop], manifest)
+            adapter = Path(tmp) / f"adapter-{n}"
+            finetune(manifest, images, args.base, adapter, lora_settings(params), progress=False)
+            metrics = run_evaluation(args.world / "test.json", args.world / "images", args.base, adapter,
+                                     eval_settings(params), trigger=trigger(args.trigger, params), target=target,
+                                     progress=False)
+            rows.append({"dropped": None if drop is None else clean[drop].id, "n_train": len(clean) - (drop is not None),
+                         "accuracy": metrics["accuracy"], "asr": metrics["asr"]})
+            print(rows[-1], flush=True)
+    accuracies = np.array([r["accuracy"] for r in rows])
+    record = {"trigger": args.trigger, "rate": args.rate, "seed": args.seed, "runs": rows,
+              "oracle_accuracy": rows[0]["accuracy"],
+              "max_deviation_points": float(100 * np.abs(accuracies[1:] - accuracies[0]).max()) if len(rows) > 1
+              else 0.0,
+              "spread_points": float(100 * np.ptp(accuracies)), "seconds": time.perf_counter() - began,
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, no GPU"}
+    atomic_write_json(RESULTS / "noise.json", record)
+    lines = [f"# Clean fine-tune accuracy with one more clean sample dropped ({args.trigger}, {args.rate:.0%} poison)",
+             "", f"Machine: {record['machine']}. Total {record['seconds'] / 60:.1f} min. The first row is the oracle's "
+             "set (every clean sample); each other row drops one more, drawn with seed "
+             f"{args.seed}. Largest move from the oracle: {record['max_deviation_points']:.1f} points; "
+             f"spread {record['spread_points']:.1f} points.", "",
+             "| dropped sample | training samples | accuracy | ASR |", "|---|---|---|---|"]
+    lines += [f"| {r['dropped'] or '— (oracle)'} | {r['n_train']} | {r['accuracy']:.1%} | {r['asr']:.1%} |" for r in rows]
+    atomic_write_text(RESULTS / "noise.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
