@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-threat bench-verdict bench-matrix bench-cost bench-target clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise clean prefect-server ui
 
 install: $(STAMP)
 
@@ -53,7 +53,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 # Benchmarks write benchmarks/results/*.json and *.md (machine described inside); never run in CI.
-bench: bench-extract bench-threat bench-verdict bench-matrix bench-cost bench-target
+bench: bench-extract bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise
 
 # Needs the demo's world and base model (dvc repro world base).
 bench-threat: $(STAMP)
@@ -73,6 +73,11 @@ bench-cost: $(STAMP)
 	$(BIN)/dvc repro dvc.yaml:world dvc.yaml:base
 	for method in bye answer_gain; do \
 	  $(BIN)/python benchmarks/cost.py --method $$method --triggers sig,badnets --rate 0.1 --epochs 0.5,0.75,1,2,3 || exit 1; done
+
+# How far the clean fine-tune's accuracy moves when one more clean sample is dropped (benchmarks/results/noise.md).
+bench-noise: $(STAMP)
+	$(BIN)/dvc repro dvc.yaml:world dvc.yaml:base benchmarks/dvc.yaml:submission@badnets-0.1
+	$(BIN)/python benchmarks/noise.py --trigger badnets --rate 0.1 --drops 4
 
 # Plausible backdoor targets (a letter, a colour word): where the text-side detector should fail.
 bench-target: $(STAMP)
