@@ -246,6 +246,8 @@ def cluster_flow(root: str = ".", params_path: str = "params.yaml",
                    "sensitive_layers": len(verdict["sensitive_layers"])}
         atomic_write_json(layout.metrics / "scan.json", summary)
         run.metrics(summary)
+        # The verdict's evidence (BIC gain, separation, lift, gap, ...) as searchable numbers for the reviewer.
+        run.metrics({"evidence": verdict.get("details", {}).get("evidence", {})})
         scores = pd.read_csv(layout.cluster / "scores.csv", dtype={"id": str})
         gate(run, check_cluster, scores, ingested_ids=[s.id for s in _samples(manifest)],
              filtered_ids=[s.id for s in _samples(layout.cluster / "filtered.json")],

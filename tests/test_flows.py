@@ -124,6 +124,7 @@ def test_inbox_scans_each_upload_once_with_an_audit_trail(workspace, scanned, mo
         assert "clean_adapter" in artifacts["clean_finetune"] and "report.html" in artifacts["report"]
         assert stages["cluster"]["tags"]["bye.submission_fingerprint"] == parent.data.tags["bye.submission_fingerprint"]
         assert stages["eval"]["metrics"]["accuracy"] >= 0
+        assert "evidence.bic_gain" in stages["cluster"]["metrics"]  # the verdict's evidence, searchable (finite values)
         assert stages["provisional"]["params"]["detector"] == "bye"  # params: no cluster.method
         assert stages["provisional"]["params"]["effective_epochs"] == "0.5"
 
