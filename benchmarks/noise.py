@@ -25,7 +25,7 @@ from common import world_arguments
 from submission import read_truth, submission_files
 
 from bye.config import load_params
-from bye.data.submission import read_manifest, write_manifest
+from bye.data.submission import Sample, read_manifest, write_manifest
 from bye.io import atomic_write_json, atomic_write_text
 from bye.models.evaluate import run_evaluation
 from bye.models.finetune import finetune
@@ -34,33 +34,46 @@ from bye.settings import eval_settings, lora_settings, trigger
 RESULTS = Path(__file__).parent / "results"
 
 
-def main() -> None:
-    parser = world_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+def oracle_and_drops(trigger_name: str, rate: float, drops: int, seed: int) -> tuple[list[Sample], list[int | None]]:
+    """The oracle's set (every clean sample of the poisoned submission) and the clean samples to drop,
+    one per run: ``[None, i1, i2, ...]`` (None: the oracle's set itself), drawn with ``seed``."""
+    samples = read_manifest(submission_files(trigger_name, rate)[0])
+    clean = [s for s, poisoned in zip(samples, read_truth(trigger_name, rate, [s.id for s in samples])) if not poisoned]
+    rng = np.random.default_rng(seed)
+    return clean, [None, *(int(i) for i in rng.choice(len(clean), size=drops, replace=False))]
+
+
+def fine_tune_and_score(kept: list[Sample], work: Path, args: argparse.Namespace, params: dict) -> dict:
+    """The product's clean fine-tune on ``kept`` (adapter under ``work``), then accuracy and ASR on the test split."""
+    manifest = work / "train.json"
+    write_manifest(kept, manifest)
+    images = submission_files(args.trigger, args.rate)[1]
+    finetune(manifest, images, args.base, work / "adapter", lora_settings(params), progress=False)
+    metrics = run_evaluation(args.world / "test.json", args.world / "images", args.base, work / "adapter",
+                             eval_settings(params), trigger=trigger(args.trigger, params),
+                             target=params.get("attack", {}).get("target"), progress=False)
+    return {"n_train": len(kept), "accuracy": metrics["accuracy"], "asr": metrics["asr"]}
+
+
+def drop_arguments(description: str) -> argparse.Namespace:
+    parser = world_arguments(argparse.ArgumentParser(description=description))
     parser.add_argument("--trigger", default="badnets")
     parser.add_argument("--drops", type=int, default=4, help="fine-tunes, each without one more random clean sample")
     parser.add_argument("--seed", type=int, default=0, help="which clean samples are dropped")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = drop_arguments(__doc__.splitlines()[0])
     params = load_params(args.params)
-    data, images = submission_files(args.trigger, args.rate)
-    samples = read_manifest(data)
-    clean = [s for s, poisoned in zip(samples, read_truth(args.trigger, args.rate, [s.id for s in samples]))
-             if not poisoned]
-    rng = np.random.default_rng(args.seed)
-    dropped = [None, *(int(i) for i in rng.choice(len(clean), size=args.drops, replace=False))]
-    target = params.get("attack", {}).get("target")
+    clean, dropped = oracle_and_drops(args.trigger, args.rate, args.drops, args.seed)
     rows = []
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for n, drop in enumerate(dropped):
-            manifest = Path(tmp) / f"set-{n}.json"
-            write_manifest([s for i, s in enumerate(clean) if i != drop], manifest)
-            adapter = Path(tmp) / f"adapter-{n}"
-            finetune(manifest, images, args.base, adapter, lora_settings(params), progress=False)
-            metrics = run_evaluation(args.world / "test.json", args.world / "images", args.base, adapter,
-                                     eval_settings(params), trigger=trigger(args.trigger, params), target=target,
-                                     progress=False)
-            rows.append({"dropped": None if drop is None else clean[drop].id, "n_train": len(clean) - (drop is not None),
-                         "accuracy": metrics["accuracy"], "asr": metrics["asr"]})
+            kept = [s for i, s in enumerate(clean) if i != drop]
+            rows.append({"dropped": None if drop is None else clean[drop].id,
+                         **fine_tune_and_score(kept, Path(tmp) / f"run-{n}", args, params)})
             print(rows[-1], flush=True)
     accuracies = np.array([r["accuracy"] for r in rows])
     record = {"trigger": args.trigger, "rate": args.rate, "seed": args.seed, "runs": rows,
