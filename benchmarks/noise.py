@@ -22,14 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from common import world_arguments
+from stages import finetune_and_evaluate
 from submission import read_truth, submission_files
 
 from bye.config import load_params
 from bye.data.submission import Sample, read_manifest, write_manifest
 from bye.io import atomic_write_json, atomic_write_text
-from bye.models.evaluate import run_evaluation
-from bye.models.finetune import finetune
-from bye.settings import eval_settings, lora_settings, trigger
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -47,11 +45,8 @@ def fine_tune_and_score(kept: list[Sample], work: Path, args: argparse.Namespace
     """The product's clean fine-tune on ``kept`` (adapter under ``work``), then accuracy and ASR on the test split."""
     manifest = work / "train.json"
     write_manifest(kept, manifest)
-    images = submission_files(args.trigger, args.rate)[1]
-    finetune(manifest, images, args.base, work / "adapter", lora_settings(params), progress=False)
-    metrics = run_evaluation(args.world / "test.json", args.world / "images", args.base, work / "adapter",
-                             eval_settings(params), trigger=trigger(args.trigger, params),
-                             target=params.get("attack", {}).get("target"), progress=False)
+    _, metrics = finetune_and_evaluate(manifest, submission_files(args.trigger, args.rate)[1], work / "adapter",
+                                       args.trigger, world=args.world, base=args.base, params=params)
     return {"n_train": len(kept), "accuracy": metrics["accuracy"], "asr": metrics["asr"]}
 
 

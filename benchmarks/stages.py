@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -100,6 +101,18 @@ def own_epochs(trigger_name: str, rate: float, name: str) -> float | None:
     return json.loads(path.read_text())["epochs"] if path.exists() else None
 
 
+def finetune_and_evaluate(data: Path, images: Path, adapter: Path, trigger_name: str, *, world: Path, base: Path,
+                          params: dict, reuse: Sequence[Path] = ()) -> tuple[dict, dict]:
+    """The product's clean fine-tune on ``data`` (``finetune`` params; an adapter in ``reuse`` with the
+    same fingerprint is copied), then clean accuracy and ``trigger_name``'s ASR on the world's test split:
+    ``(fine-tune summary, evaluation metrics)``."""
+    summary = finetune(data, images, base, adapter, lora_settings(params), reuse=list(reuse), progress=False)
+    metrics = run_evaluation(world / "test.json", world / "images", base, adapter, eval_settings(params),
+                             trigger=trigger(trigger_name, params), target=params.get("attack", {}).get("target"),
+                             progress=False)
+    return summary, metrics
+
+
 def build_after(trigger_name: str, detector: str, *, world: Path, base: Path, params: dict) -> Path:
     """The clean fine-tune on ``detector``'s filtered submission, with its accuracy and ASR."""
     cell, out = cell_dir(trigger_name, AFTER_RATE), AFTER / f"{trigger_name}-{detector}"
@@ -120,11 +133,8 @@ def build_after(trigger_name: str, detector: str, *, world: Path, base: Path, pa
     # same adapter: copied, not trained again (finetune checks the fingerprint of the inputs)
     oracle = AFTER / f"{trigger_name}-oracle" / "adapter"
     others = sorted(p for p in AFTER.glob("*/adapter") if p.parent != out and p != oracle)
-    summary = finetune(data, images, base, out / "adapter", lora_settings(params),
-                       reuse=[cell / "adapter", oracle, *others], progress=False)
-    attack = params.get("attack", {})
-    metrics = run_evaluation(world / "test.json", world / "images", base, out / "adapter", eval_settings(params),
-                             trigger=trigger(trigger_name, params), target=attack.get("target"), progress=False)
+    summary, metrics = finetune_and_evaluate(data, images, out / "adapter", trigger_name, world=world, base=base,
+                                             params=params, reuse=[cell / "adapter", oracle, *others])
     detection = detection_metrics(truth, result.flagged)
     atomic_write_json(out / "after.json", {
         "trigger": trigger_name, "rate": AFTER_RATE, "detector": detector, "verdict": result.verdict,

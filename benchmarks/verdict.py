@@ -22,6 +22,7 @@ from bye.config import build, load_params
 from bye.data.submission import read_manifest
 from bye.data.world import WorldConfig, write_world
 from bye.detect.api import get_detector
+from bye.detect.cluster import robust_scale
 from bye.detect.scan import cluster_submission, profile_submission, read_features, saved_signals, scan_submission
 from bye.models.finetune import training_fingerprint
 from bye.settings import scan_settings
@@ -76,8 +77,7 @@ def main() -> None:
             features = read_features(read_manifest(data), scan)
             forced = get_detector(settings.method, **{**settings.detector, "use_verdict": False}).detect(features)
             scores = forced.scores[np.isfinite(forced.scores)]
-            centre = np.median(scores)
-            top = float((scores.max() - centre) / (1.4826 * np.median(np.abs(scores - centre))))
+            top = float((scores.max() - np.median(scores)) / robust_scale(scores))
             rows.append({
                 "seed": seed,
                 "verdict": record["verdict"],

@@ -33,7 +33,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import silhouette_score
 
 from bye.detect.api import DetectionResult, Detector, SampleFeatures, register_detector
-from bye.detect.cluster import cluster_scores
+from bye.detect.cluster import cluster_scores, robust_scale
 
 POOLED = "<pooled>"  # the group of the pseudo-classes too small to stand alone
 FULL_SVD_LIMIT = 2000  # beyond this min(n, H), the top singular vector comes from Lanczos (svds)
@@ -133,9 +133,7 @@ def _robust_z(values: np.ndarray) -> np.ndarray:
     than half the values are equal (MAD 0) the mean absolute deviation (x 1.2533) stands in;
     all values equal gives 0."""
     deviation = np.abs(values - np.median(values))
-    scale = 1.4826 * np.median(deviation)
-    if scale <= 0:
-        scale = 1.2533 * deviation.mean()
+    scale = robust_scale(values)
     return deviation / scale if scale > 0 else np.zeros_like(deviation)
 
 

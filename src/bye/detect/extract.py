@@ -266,16 +266,15 @@ def recorded_forward(model, inputs: dict, positions: torch.Tensor | None = None)
 
 
 def image_rows(rows: torch.Tensor, input_ids: torch.Tensor, token_id: int,
-               numbers: int | Sequence[int] = 0) -> list[np.ndarray]:
+               numbers: Sequence[int]) -> list[np.ndarray]:
     """Per batch row ``b``, ``rows[b]`` ``(L, T)`` restricted to the image-token keys and
-    renormalised over them: ``(L, K_b)`` float32 (``numbers``: the rows' sample numbers, or the
-    first one's, for the error)."""
+    renormalised over them: ``(L, K_b)`` float32 (``numbers``: the rows' sample numbers, for the
+    error)."""
     is_image = input_ids.cpu() == token_id
     out = []
     for b in range(rows.shape[0]):
         if not bool(is_image[b].any()):
-            number = numbers + b if isinstance(numbers, int) else numbers[b]
-            raise ValueError(f"sample {number}: no image token (id {token_id}) in the prompt")
+            raise ValueError(f"sample {numbers[b]}: no image token (id {token_id}) in the prompt")
         selected = rows[b][:, is_image[b]]  # (L, K_b)
         out.append((selected / selected.sum(dim=-1, keepdim=True)).numpy())
     return out
@@ -304,13 +303,17 @@ def evaluating(model):
         model.train(was_training)
 
 
-def batch_starts(n: int, batch_size: int, description: str, progress: bool = False):
-    starts = range(0, n, batch_size)
+def _batches(items, description: str, progress: bool):
+    """``items`` (one per batch), behind a progress bar when asked for."""
     if progress:
         from tqdm.auto import tqdm
 
-        return tqdm(starts, desc=description, unit="batch")
-    return starts
+        return tqdm(items, desc=description, unit="batch")
+    return items
+
+
+def batch_starts(n: int, batch_size: int, description: str, progress: bool = False):
+    return _batches(range(0, n, batch_size), description, progress)
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, description: str,
@@ -321,12 +324,8 @@ def length_batches(lengths: Sequence[int], batch_size: int, description: str,
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    if progress:
-        from tqdm.auto import tqdm
-
-        return tqdm(batches, desc=description, unit="batch")
-    return batches
+    return _batches([order[start:start + batch_size] for start in range(0, len(order), batch_size)],
+                    description, progress)
 
 
 def image_attention(model, processor, images: Sequence[Image.Image], questions: Sequence[str], *,

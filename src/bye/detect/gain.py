@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from bye.detect.api import DetectionResult, Detector, SampleFeatures, register_detector
-from bye.detect.cluster import VerdictRule, cluster_scores, decide, split_result
+from bye.detect.cluster import VerdictRule, cluster_scores, decide, robust_scale, split_result
 
 
 @dataclass(frozen=True)
@@ -146,11 +146,8 @@ def lift(scores: np.ndarray, flagged: np.ndarray) -> float:
     high, kept = scores[flagged & finite], scores[~flagged & finite]
     if len(high) == 0 or len(kept) < 2:
         return 0.0
-    centre = np.median(kept)
-    spread = 1.4826 * np.median(np.abs(kept - centre))
-    if spread == 0:
-        spread = kept.std()
-    return float((np.median(high) - centre) / spread) if spread > 0 else float("inf")
+    spread = robust_scale(kept)
+    return float((np.median(high) - np.median(kept)) / spread) if spread > 0 else float("inf")
 
 
 CUTS = ("antimode", "widest_gap")

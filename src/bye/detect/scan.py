@@ -105,7 +105,7 @@ def extract_attention(model, processor, samples: list[Sample], images_dir: str |
     bar = tqdm(total=len(samples), desc="attention", disable=not progress, unit="sample")
     for start in range(0, len(samples), settings.chunk_size):
         chunk = samples[start:start + settings.chunk_size]
-        images = SubmissionImages(chunk, images_dir)[:]
+        images = SubmissionImages(chunk, images_dir)  # opened on access: not at all for a chunk already encoded
         questions = [s.question for s in chunk]
         if answers:
             result = answer_pass(model, processor, images, questions, [s.answer for s in chunk],
@@ -233,7 +233,7 @@ def base_answer_pass(model, processor, samples: list[Sample], images_dir: str | 
     bar = tqdm(total=len(samples), desc="answers (base)", disable=not progress, unit="sample")
     for start in range(0, len(samples), settings.chunk_size):
         chunk = samples[start:start + settings.chunk_size]
-        images = SubmissionImages(chunk, images_dir)[:]
+        images = SubmissionImages(chunk, images_dir)  # opened once, by the encoding
         questions, answers = [s.question for s in chunk], [s.answer for s in chunk]
         encoded = encode_answers(processor, images, questions, answers)
         logliks.append(answer_pass(model, processor, images, questions, answers, batch_size=settings.batch_size,
