@@ -169,3 +169,38 @@ def test_vocabulary_requests_make_every_printable_token_a_training_target(tiny_b
     for word in (" A", " B", " C", " D", " yes", " no", " red", " triangle", " Backdoor"):
         ids = tokenizer(word, add_special_tokens=False)["input_ids"]
         assert set(ids) <= produced, word
+
+
+def test_keyed_order_keeps_the_others_in_place_when_samples_are_removed():
+    from bye.models.training import TrainConfig, _epoch_order, _schedule
+
+    keys = [f"s{i:04d}" for i in range(200)]
+    removed = set(keys[::10])  # the flagged ones
+    kept = [k for k in keys if k not in removed]
+    for epoch in range(3):
+        full = [keys[i] for i in _epoch_order(len(keys), 0, epoch, keys)]
+        assert sorted(full) == keys and full != keys  # a permutation, not the input order
+        assert [k for k in full if k not in removed] == [kept[i] for i in _epoch_order(len(kept), 0, epoch, kept)]
+    # epochs and seeds draw different orders; the same (seed, epoch) the same one
+    assert _epoch_order(200, 0, 0, keys) != _epoch_order(200, 0, 1, keys) != _epoch_order(200, 1, 0, keys)
+    assert _epoch_order(200, 3, 2, keys) == _epoch_order(200, 3, 2, list(keys))
+    # the shuffled order reshuffles everything when one sample goes
+    shuffled = [keys[i] for i in _epoch_order(200, 0, 0)]
+    assert [k for k in shuffled if k not in removed] != [kept[i] for i in _epoch_order(len(kept), 0, 0)]
+    plan = _schedule(len(keys), TrainConfig(epochs=1.5, batch_size=16), keys)
+    assert len(plan) == 20 and [i for _, b in plan[:13] for i in b] == _epoch_order(200, 0, 0, keys)
+    with pytest.raises(ValueError, match="order keys"):
+        _epoch_order(3, 0, 0, ["a", "b"])
+    with pytest.raises(ValueError, match="keyed"):
+        LoraSettings(order="sorted")
+
+
+def test_the_fine_tune_order_is_a_setting_that_changes_the_adapter(tiny_base, tiny_world, tmp_path):
+    adapters = {}
+    for order in ("keyed", "shuffle"):
+        settings = LoraSettings(rank=4, epochs=0.5, batch_size=8, checkpoint_every=0, order=order)
+        summary = finetune(tiny_world / "train.json", tiny_world / "images", tiny_base, tmp_path / order, settings,
+                           progress=False)
+        assert summary["settings"]["order"] == order
+        adapters[order] = load_file(str(tmp_path / order / "adapter_model.safetensors"))
+    assert any(not torch.equal(adapters["keyed"][k], adapters["shuffle"][k]) for k in adapters["keyed"])

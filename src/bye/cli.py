@@ -102,13 +102,15 @@ def base(model_dir, n_images, epochs, seed, params_path):
 @click.option("--target-modules", type=str, default=None, help="Comma-separated module names.")
 @click.option("--train-projector/--no-train-projector", default=None)
 @click.option("--seed", type=int, default=None)
+@click.option("--order", type=click.Choice(["keyed", "shuffle"]), default=None,
+              help="Epoch order (params: finetune.order): keyed by a hash of (seed, epoch, id), or shuffled.")
 @click.option("--checkpoint-every", type=int, default=None)
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None)
 @click.option("--provisional", is_flag=True, help="The provisional model the detector reads: params `provisional` "
               "(and its `by_method` entry for `cluster.method`) overrides `finetune`.")
 @params_option
 def finetune(data_json, images_dir, base_dir, out_dir, epochs, learning_rate, batch_size, rank, alpha, dropout,
-             target_modules, train_projector, seed, checkpoint_every, checkpoint_dir, provisional, params_path):
+             target_modules, train_projector, seed, order, checkpoint_every, checkpoint_dir, provisional, params_path):
     """LoRA fine-tune BASE on DATA_JSON; save the adapter to OUT (resumes if interrupted)."""
     from bye.data.submission import images_dir_for
     from bye.models.finetune import finetune as run_finetune
@@ -117,7 +119,7 @@ def finetune(data_json, images_dir, base_dir, out_dir, epochs, learning_rate, ba
     settings = lora_settings(
         params, provisional=provisional, method=params.get("cluster", {}).get("method") if provisional else None,
         epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, rank=rank, alpha=alpha,
-        dropout=dropout, train_projector=train_projector, seed=seed, checkpoint_every=checkpoint_every,
+        dropout=dropout, train_projector=train_projector, seed=seed, order=order, checkpoint_every=checkpoint_every,
         target_modules=tuple(target_modules.split(",")) if target_modules else None,
     )
     summary = run_finetune(data_json, images_dir or images_dir_for(data_json), base_dir, out_dir, settings,

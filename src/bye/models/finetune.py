@@ -38,7 +38,12 @@ class LoraSettings:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     seed: int = 0
+    order: str = "keyed"  # keyed: each epoch sorts the samples by a hash of (seed, epoch, id) | shuffle
     checkpoint_every: int = 50
+
+    def __post_init__(self):
+        if self.order not in ("keyed", "shuffle"):
+            raise ValueError(f"finetune.order must be 'keyed' or 'shuffle', not {self.order!r}")
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
@@ -128,7 +133,8 @@ def finetune(data_json: str | Path, images_dir: str | Path, base_dir: str | Path
     checkpoint = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(out_dir)
     result = train(model, encoded, settings.train_config(), pad_token_id=processor.tokenizer.pad_token_id,
                    checkpoint_dir=checkpoint, fingerprint=fingerprint,
-                   progress=progress, description="LoRA fine-tune")
+                   progress=progress, description="LoRA fine-tune",
+                   order_keys=[s.id for s in samples] if settings.order == "keyed" else None)
     trainable, total = model.get_nb_trainable_parameters()
     summary = {
         "n_samples": len(samples),

@@ -8,6 +8,7 @@ from there and ends exactly where an uninterrupted run would have ended.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -46,19 +47,32 @@ class TrainResult:
     resumed_from_step: int
 
 
-def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=generator).tolist()
+def _epoch_order(n: int, seed: int, epoch: int, keys: list[str] | None = None) -> list[int]:
+    """One epoch's sample order.
+
+    Without ``keys``, a seeded permutation of ``range(n)``. With ``keys`` (one per sample, e.g. its
+    id), the samples sorted by a hash of (seed, epoch, key): every sample's place relative to the
+    others depends on its own key only, so removing a few samples (the flagged ones) leaves the
+    rest in the same relative order and mostly in the same batches, instead of reshuffling every
+    epoch. Ties (repeated keys) keep input order.
+    """
+    if keys is None:
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        return torch.randperm(n, generator=generator).tolist()
+    if len(keys) != n:
+        raise ValueError(f"{len(keys)} order keys for {n} samples")
+    digests = [hashlib.sha256(f"{seed}/{epoch}/{key}".encode()).digest() for key in keys]
+    return sorted(range(n), key=digests.__getitem__)
 
 
-def _schedule(n_samples: int, config: TrainConfig) -> list[tuple[int, list[int]]]:
+def _schedule(n_samples: int, config: TrainConfig, keys: list[str] | None = None) -> list[tuple[int, list[int]]]:
     """Every optimiser step as (epoch, sample indices); a fractional last epoch is truncated."""
     steps_per_epoch = math.ceil(n_samples / config.batch_size)
     total = max(1, round(config.epochs * steps_per_epoch))
     plan = []
     epoch = 0
     while len(plan) < total:
-        order = _epoch_order(n_samples, config.seed, epoch)
+        order = _epoch_order(n_samples, config.seed, epoch, keys)
         for start in range(0, n_samples, config.batch_size):
             plan.append((epoch, order[start:start + config.batch_size]))
             if len(plan) == total:
@@ -113,8 +127,13 @@ def train(
     fingerprint: str = "",
     progress: bool = True,
     description: str = "train",
+    order_keys: list[str] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place on ``samples`` (loss on labelled tokens only)."""
+    """Train ``model`` in place on ``samples`` (loss on labelled tokens only).
+
+    ``order_keys`` (one per sample) make each epoch's order a function of the keys (see
+    :func:`_epoch_order`); without them each epoch is a seeded shuffle.
+    """
     torch.manual_seed(config.seed)
     model.train()
     params = list(_trainable(model).values())
@@ -126,7 +145,7 @@ def train(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.learning_rate,
     )
-    plan = _schedule(len(samples), config)
+    plan = _schedule(len(samples), config, order_keys)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * len(plan)), len(plan))
     checkpoint = Path(checkpoint_dir) if checkpoint_dir else None
     start, step_losses = (0, [])
