@@ -17,8 +17,10 @@ product runs) and as ``<name>@shared`` (the shared model).
 
 Entries are merged into the committed ``matrix.json``: what the stages present here computed
 replaces its entry, and every entry computed here is stamped with the base model it was measured
-on (``base``: the first 12 hex digits of the md5 of ``model.safetensors``), so a matrix filled
-over several runs says which entries share a base model.
+on (``base``: the first 12 hex digits of the md5 of ``model.safetensors``) and with the epoch
+order of the fine-tune it rests on (``order``: ``keyed`` or ``shuffle``, from the adapter's
+``training.json``), so a matrix filled over several runs says which entries share a base model
+and a training order.
 
     python benchmarks/matrix.py
 """
@@ -35,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from cell import cell_dir, features_of
-from stages import AFTER, AFTER_RATE, detector_features, own_methods, run_detector
+from stages import AFTER, AFTER_RATE, detector_features, own_dir, own_methods, run_detector
 from submission import SUBMISSIONS
 
 from bye.config import load_params
@@ -54,6 +56,15 @@ def base_stamp(base: Path) -> str:
         for block in iter(lambda: weights.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:12]
+
+
+def epoch_order(adapter: Path) -> str | None:
+    """The epoch order an adapter was trained with (``finetune.order``); adapters older than the
+    setting were shuffled. None when the adapter is not there."""
+    try:
+        return json.loads((adapter / "training.json").read_text())["settings"].get("order", "shuffle")
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def summarise(params: dict, base: Path = Path("models/base"), results: Path = RESULTS) -> dict:
@@ -77,6 +88,8 @@ def summarise(params: dict, base: Path = Path("models/base"), results: Path = RE
             for key, found in runs:
                 if found is None:
                     continue
+                adapter = own_dir(trigger_name, float(rate)) / name / "adapter" if key == name and name in own \
+                    else cell_dir(trigger_name, float(rate)) / "adapter"
                 features, truth = found
                 try:
                     result = run_detector(name, features, truth, params)
@@ -87,14 +100,16 @@ def summarise(params: dict, base: Path = Path("models/base"), results: Path = RE
                 metrics = detection_metrics(truth, result.flagged, scores)
                 matrix.setdefault(key, {}).setdefault(trigger_name, {})[f"{float(rate):g}"] = {
                     "f1": metrics["f1"], "precision": metrics["precision"], "recall": metrics["recall"],
-                    "auroc": metrics["auroc"], "removed": metrics["removed"], "verdict": result.verdict, "base": stamp}
+                    "auroc": metrics["auroc"], "removed": metrics["removed"], "verdict": result.verdict, "base": stamp,
+                    "order": epoch_order(adapter)}
     after: dict = previous.get("after_finetune", {}).get("results", {})
     for path in sorted(AFTER.glob("*/after.json")):
         entry = json.loads(path.read_text())
         if entry["detector"] in own and entry.get("provisional_epochs") != own[entry["detector"]].epochs:
             continue  # filtered by a provisional model of another length than params asks for
         after.setdefault(entry["detector"], {})[entry["trigger"]] = {
-            **{k: entry[k] for k in ("accuracy", "asr", "removed", "f1", "verdict", "reused_from")}, "base": stamp}
+            **{k: entry[k] for k in ("accuracy", "asr", "removed", "f1", "verdict", "reused_from")}, "base": stamp,
+            "order": epoch_order(path.parent / "adapter")}
     record = {"matrix": matrix, "after_finetune": {"rate": AFTER_RATE, "results": after},
               "cells": sorted(set(previous.get("cells", [])) | set(cells)),
               "own_provisional": {m: s.epochs for m, s in own.items()},

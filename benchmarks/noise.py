@@ -2,12 +2,14 @@
 accuracy moves when the oracle's training set (every clean sample of a poisoned submission) loses one
 more clean sample, drawn at random.
 
-    python benchmarks/noise.py --trigger badnets --rate 0.1 --drops 4 [--seed 0]
+    python benchmarks/noise.py --trigger badnets --rate 0.1 --drops 4 [--seed 0] [--order keyed|shuffle]
 
 A detector that removes every poisoned sample and a few clean ones trains on such a set. Each
-fine-tune is the product's (``finetune`` params, 3 epochs), evaluated on the world's test split
-(accuracy, and the ASR of the submission's trigger). Writes ``benchmarks/results/noise.json`` and
-``noise.md``; the machine is described inside. Adapters go to a temporary folder.
+fine-tune is the product's (``finetune`` params, 3 epochs; ``--order`` overrides ``finetune.order``),
+evaluated on the world's test split (accuracy, and the ASR of the submission's trigger). With the
+shuffled order, dropping one sample reshuffles every epoch; with the keyed order the others keep
+their places. Writes ``benchmarks/results/noise_ORDER.json`` and ``noise_ORDER.md``; the machine is
+described inside. Adapters go to a temporary folder.
 """
 
 from __future__ import annotations
@@ -55,12 +57,15 @@ def drop_arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--trigger", default="badnets")
     parser.add_argument("--drops", type=int, default=4, help="fine-tunes, each without one more random clean sample")
     parser.add_argument("--seed", type=int, default=0, help="which clean samples are dropped")
+    parser.add_argument("--order", choices=("keyed", "shuffle"), default=None, help="default: params' finetune.order")
     return parser.parse_args()
 
 
 def main() -> None:
     args = drop_arguments(__doc__.splitlines()[0])
     params = load_params(args.params)
+    order = args.order or params.get("finetune", {}).get("order", "keyed")
+    params["finetune"] = {**params.get("finetune", {}), "order": order}
     clean, dropped = oracle_and_drops(args.trigger, args.rate, args.drops, args.seed)
     rows = []
     began = time.perf_counter()
@@ -71,21 +76,22 @@ def main() -> None:
                          **fine_tune_and_score(kept, Path(tmp) / f"run-{n}", args, params)})
             print(rows[-1], flush=True)
     accuracies = np.array([r["accuracy"] for r in rows])
-    record = {"trigger": args.trigger, "rate": args.rate, "seed": args.seed, "runs": rows,
+    record = {"trigger": args.trigger, "rate": args.rate, "seed": args.seed, "order": order, "runs": rows,
               "oracle_accuracy": rows[0]["accuracy"],
               "max_deviation_points": float(100 * np.abs(accuracies[1:] - accuracies[0]).max()) if len(rows) > 1
               else 0.0,
               "spread_points": float(100 * np.ptp(accuracies)), "seconds": time.perf_counter() - began,
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, no GPU"}
-    atomic_write_json(RESULTS / "noise.json", record)
-    lines = [f"# Clean fine-tune accuracy with one more clean sample dropped ({args.trigger}, {args.rate:.0%} poison)",
+    atomic_write_json(RESULTS / f"noise_{order}.json", record)
+    lines = [f"# Clean fine-tune accuracy with one more clean sample dropped ({args.trigger}, {args.rate:.0%} poison, "
+             f"{order} epoch order)",
              "", f"Machine: {record['machine']}. Total {record['seconds'] / 60:.1f} min. The first row is the oracle's "
              "set (every clean sample); each other row drops one more, drawn with seed "
              f"{args.seed}. Largest move from the oracle: {record['max_deviation_points']:.1f} points; "
              f"spread {record['spread_points']:.1f} points.", "",
              "| dropped sample | training samples | accuracy | ASR |", "|---|---|---|---|"]
     lines += [f"| {r['dropped'] or '— (oracle)'} | {r['n_train']} | {r['accuracy']:.1%} | {r['asr']:.1%} |" for r in rows]
-    atomic_write_text(RESULTS / "noise.md", "\n".join(lines) + "\n")
+    atomic_write_text(RESULTS / f"noise_{order}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
