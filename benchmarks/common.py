@@ -1,8 +1,11 @@
-"""What the benchmark scripts share: the command-line options that point at the demo's world."""
+"""What the benchmark scripts share: the command-line options that point at the demo's world, and the
+one-line description of the machine that every result file carries."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 from pathlib import Path
 
 
@@ -23,3 +26,8 @@ def cell_arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--trigger", required=True)
     parser.add_argument("--rate", type=float, required=True)
     return parser.parse_args()
+
+
+def machine_line() -> str:
+    """The machine a result was measured on, as the result files state it."""
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, no GPU"

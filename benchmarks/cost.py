@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from dataclasses import replace
@@ -23,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common import world_arguments
+from common import machine_line, world_arguments
 
 from bye.attacks.poison import poison_submission
 from bye.config import load_params
@@ -112,7 +110,7 @@ def main() -> None:
                    for name in args.triggers.split(",")}
     record = {"method": method, "rate": args.rate, "triggers": results, "cheapest_within_one_point": cheapest(results),
               "clean_finetune_epochs": lora_settings(params).epochs, "seconds": time.perf_counter() - began,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, no GPU"}
+              "machine": machine_line()}
     atomic_write_json(out, record)
     atomic_write_text(out.with_suffix(".md"), markdown(record))
     print(markdown(record))

@@ -30,13 +30,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 from pathlib import Path
 
 import numpy as np
 
 from cell import cell_dir, features_of
+from common import machine_line
 from stages import AFTER, AFTER_RATE, detector_features, own_dir, own_methods, run_detector
 from submission import SUBMISSIONS
 
@@ -114,7 +113,7 @@ def summarise(params: dict, base: Path = Path("models/base"), results: Path = RE
               "cells": sorted(set(previous.get("cells", [])) | set(cells)),
               "own_provisional": {m: s.epochs for m, s in own.items()},
               "shared_provisional_epochs": lora_settings(params, provisional=True).epochs,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, no GPU"}
+              "machine": machine_line()}
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_json(results / "matrix.json", record)
     atomic_write_text(results / "matrix.md", markdown(matrix) + "\n" + after_markdown(after))

@@ -15,15 +15,13 @@ described inside. Adapters go to a temporary folder.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import world_arguments
+from common import machine_line, world_arguments
 from stages import finetune_and_evaluate
 from submission import read_truth, submission_files
 
@@ -81,7 +79,7 @@ def main() -> None:
               "max_deviation_points": float(100 * np.abs(accuracies[1:] - accuracies[0]).max()) if len(rows) > 1
               else 0.0,
               "spread_points": float(100 * np.ptp(accuracies)), "seconds": time.perf_counter() - began,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, no GPU"}
+              "machine": machine_line()}
     atomic_write_json(RESULTS / f"noise_{order}.json", record)
     lines = [f"# Clean fine-tune accuracy with one more clean sample dropped ({args.trigger}, {args.rate:.0%} poison, "
              f"{order} epoch order)",

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from dataclasses import replace
@@ -22,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import world_arguments
+from common import machine_line, world_arguments
 
 from bye.attacks.poison import poison_submission
 from bye.config import load_params
@@ -73,7 +71,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             results[target] = run_target(target, args, params, Path(tmp))
     record = {"trigger": args.trigger, "rate": args.rate, "targets": results, "seconds": time.perf_counter() - began,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, no GPU"}
+              "machine": machine_line()}
     atomic_write_json(RESULTS / "target.json", record)
     lines = [f"# Backdoor targets against detectors ({args.trigger}, {args.rate:.0%} poison)", "",
              f"Machine: {record['machine']}. Total {record['seconds'] / 60:.1f} min.", "",

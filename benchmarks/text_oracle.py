@@ -17,17 +17,16 @@ temporary folder.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 from pathlib import Path
 
-from common import world_arguments
+from common import machine_line, world_arguments
 
 from bye.config import load_params
 from bye.data.submission import Sample, write_manifest
 from bye.data.world import describe, generate
 from bye.io import atomic_write_json
+from bye.models.evaluate import run_evaluation
 from bye.models.finetune import finetune
 from bye.settings import eval_settings, lora_settings, world_settings
 
@@ -46,8 +45,6 @@ def described_split(split: str, n: int, *, seed: int, task: str, config) -> list
 
 def main() -> None:
     args = world_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), rate=None).parse_args()
-    from bye.models.evaluate import run_evaluation
-
     params = load_params(args.params)
     world = world_settings(params)
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,7 +58,7 @@ def main() -> None:
                                  eval_settings(params), progress=False)
     record = {"accuracy": metrics["accuracy"], "by_family": metrics["by_family"], "epoch_losses": summary["epoch_losses"],
               "base": str(args.base),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, no GPU"}
+              "machine": machine_line()}
     atomic_write_json(RESULTS / "text_oracle.json", record)
     print(record)
 
