@@ -13,6 +13,7 @@ from bye.config import load_params
 from bye.data.submission import read_manifest
 from bye.detect.api import DETECTORS, SampleFeatures, get_detector
 from bye.detect.gain import antimode_cut, answer_gain, empty_gap, lift, neighbour_median, widest_gap_cut
+from bye.detect.scan import ExtractSettings, extract_submission, read_entropy
 from bye.detect.signals import answer_loglik
 from tiny import poison_and_scan, tiny_samples
 
@@ -216,6 +217,19 @@ def test_scan_with_answer_gain_reads_both_models(tiny_world, tiny_base, tmp_path
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["method"] == "answer_gain" and verdict["verdict"] in {"poisoned", "clean"}
     scores = pd.read_csv(out / "scores.csv", dtype={"id": str})
+    # The scan hands the fine-tune's encoded samples to both answer passes; the extract stage on
+    # its own (as dvc runs it) encodes them itself and reads the same numbers.
+    alone = extract_submission(poisoned / "train.json", poisoned / "images", tiny_base, out / "provisional_adapter",
+                               tmp_path / "alone", settings=ExtractSettings(batch_size=8, keep_attention=False,
+                                                                           signals=("answer_gain",)),
+                               progress=False)
+    assert alone["n_samples"] == len(scores)
+    with np.load(out / "signals.npz") as signals, np.load(tmp_path / "alone" / "signals.npz") as again:
+        for key in ("answer_loglik", "answer_loglik_base", "answer_tokens"):
+            np.testing.assert_allclose(signals[key], again[key], rtol=0, atol=1e-9)
+    ids, entropy = read_entropy(out / "entropy.csv")
+    assert read_entropy(tmp_path / "alone" / "entropy.csv")[0] == ids
+    np.testing.assert_allclose(read_entropy(tmp_path / "alone" / "entropy.csv")[1], entropy, rtol=0, atol=1e-6)
     with np.load(out / "signals.npz") as signals:
         gain = signals["answer_loglik"] - signals["answer_loglik_base"]
         assert (signals["answer_tokens"] >= 1).all()

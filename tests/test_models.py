@@ -196,6 +196,9 @@ def test_keyed_order_keeps_the_others_in_place_when_samples_are_removed():
 
 
 def test_the_fine_tune_order_is_a_setting_that_changes_the_adapter(tiny_base, tiny_world, tmp_path):
+    from bye.models.finetune import encode_manifest
+    from bye.models.loading import load_processor
+
     adapters = {}
     for order in ("keyed", "shuffle"):
         settings = LoraSettings(rank=4, epochs=0.5, batch_size=8, checkpoint_every=0, order=order)
@@ -204,3 +207,15 @@ def test_the_fine_tune_order_is_a_setting_that_changes_the_adapter(tiny_base, ti
         assert summary["settings"]["order"] == order
         adapters[order] = load_file(str(tmp_path / order / "adapter_model.safetensors"))
     assert any(not torch.equal(adapters["keyed"][k], adapters["shuffle"][k]) for k in adapters["keyed"])
+    # Samples encoded beforehand (as the scan does, to read them again afterwards) train the same adapter.
+    samples = read_manifest(tiny_world / "train.json")
+    encoded = encode_manifest(load_processor(tiny_base), samples, tiny_world / "images", progress=False)
+    settings = LoraSettings(rank=4, epochs=0.5, batch_size=8, checkpoint_every=0, order="keyed")
+    finetune(tiny_world / "train.json", tiny_world / "images", tiny_base, tmp_path / "handed", settings,
+             progress=False, samples=samples, encoded=encoded)
+    handed = load_file(str(tmp_path / "handed" / "adapter_model.safetensors"))
+    assert handed.keys() == adapters["keyed"].keys()
+    assert all(torch.equal(handed[k], adapters["keyed"][k]) for k in handed)
+    with pytest.raises(ValueError, match="encoded samples"):
+        finetune(tiny_world / "train.json", tiny_world / "images", tiny_base, tmp_path / "short", settings,
+                 progress=False, samples=samples, encoded=encoded[:-1])

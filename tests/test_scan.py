@@ -94,5 +94,8 @@ def test_submission_images_open_lazily_and_match_eager_loading(tiny_world):
     assert [np.asarray(i).tolist() for i in images[:3]] == [np.asarray(i).tolist() for i in eager]
     assert np.array_equal(np.asarray(images[-1]), np.asarray(open_rgb(tiny_world / "images" / samples[-1].image)))
     escaping = [type(samples[0])(id="x", image="../train.json", question="q", answer="a")]
+    lazy = SubmissionImages(escaping, tiny_world / "images")  # paths are resolved when an image is opened
     with pytest.raises(ValueError, match="leaves the image folder"):
-        SubmissionImages(escaping, tiny_world / "images")
+        lazy[0]
+    with pytest.raises(ValueError, match="leaves the image folder"):
+        lazy[:1]

@@ -40,9 +40,9 @@ from bye.detect.api import SampleFeatures, get_detector
 from bye.detect.extract import image_attention, layer_entropy
 from bye.detect.profile import LayerProfile, profile_layers
 from bye.io import atomic_write_json, atomic_write_text
-from bye.models.chat import open_rgb
-from bye.models.finetune import LoraSettings, finetune
-from bye.models.loading import load_for_inference
+from bye.models.chat import EncodedSample, open_rgb
+from bye.models.finetune import LoraSettings, encode_manifest, finetune
+from bye.models.loading import load_for_inference, load_processor
 
 
 @dataclass(frozen=True)
@@ -73,19 +73,20 @@ class ScanSettings:
 
 
 class SubmissionImages(Sequence):
-    """The samples' images, opened on access: a pass over a large submission holds one batch
-    of images in memory, not all of them. Indexing by a slice gives a list."""
+    """The samples' images, found and opened on access: a pass over a large submission holds one
+    batch of images in memory, not all of them, and a pass that reads encoded samples opens none.
+    Indexing by a slice gives a list."""
 
     def __init__(self, samples: list[Sample], images_dir: str | Path):
-        self._paths = [resolve_image(images_dir, s.image) for s in samples]
+        self._names, self._dir = [s.image for s in samples], images_dir
 
     def __len__(self) -> int:
-        return len(self._paths)
+        return len(self._names)
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return [open_rgb(path) for path in self._paths[index]]
-        return open_rgb(self._paths[index])
+            return [open_rgb(resolve_image(self._dir, name)) for name in self._names[index]]
+        return open_rgb(resolve_image(self._dir, self._names[index]))
 
 
 def extract_attention(model, processor, samples: list[Sample], images_dir: str | Path, *,
@@ -157,8 +158,11 @@ def image_grid(n_tokens: int) -> list[int]:
 
 def extract_submission(data_json: str | Path, images_dir: str | Path, base_dir: str | Path,
                        adapter_dir: str | Path | None, out_dir: str | Path, *,
-                       settings: ExtractSettings = ExtractSettings(), progress: bool = True) -> dict:
-    """Read every sample's attention with the provisional model; write entropy.csv (+ attention.npz)."""
+                       settings: ExtractSettings = ExtractSettings(), progress: bool = True,
+                       encoded: Sequence[EncodedSample] | None = None) -> dict:
+    """Read every sample's attention with the provisional model; write entropy.csv (+ attention.npz).
+    ``encoded``: the samples as the provisional fine-tune encoded them (read by ``answer_gain``'s
+    passes instead of encoding them again)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples = read_manifest(data_json)
@@ -170,7 +174,7 @@ def extract_submission(data_json: str | Path, images_dir: str | Path, base_dir: 
     if "answer_gain" in settings.signals:  # the base model first, so only one model is held at a time
         model, processor = load_for_inference(base_dir)
         arrays["answer_loglik_base"], encodings = base_answer_pass(model, processor, samples, images_dir, settings,
-                                                                   progress)
+                                                                   progress, encoded)
         del model
     model, processor = load_for_inference(base_dir, adapter_dir)
     # answer_gain's provisional pass reads BYE's attention row too: one forward, not two.
@@ -219,28 +223,35 @@ def _nbytes(encoded) -> int:
 
 
 def base_answer_pass(model, processor, samples: list[Sample], images_dir: str | Path, settings: ExtractSettings,
-                     progress: bool = False) -> tuple[np.ndarray, dict[int, list]]:
+                     progress: bool = False,
+                     encoded: Sequence[EncodedSample] | None = None) -> tuple[np.ndarray, dict[int, list]]:
     """The base model's answer log-likelihood of every sample, read in chunks of
     ``settings.chunk_size`` images. Returns ``(loglik (N,), encodings)``: the chunks' encoded
     samples by chunk start, kept while they fit in ``settings.encoding_cache_mb``, so that the
-    provisional model's pass (:func:`extract_attention`) encodes only the chunks that did not."""
+    provisional model's pass (:func:`extract_attention`) encodes only the chunks that did not.
+    ``encoded`` hands in every sample already encoded for training
+    (:func:`bye.models.finetune.encode_manifest`, as the provisional fine-tune did): nothing is
+    encoded here then."""
     from tqdm.auto import tqdm
 
     from bye.detect.signals import answer_pass, encode_answers
 
+    if encoded is not None and len(encoded) != len(samples):
+        raise ValueError(f"{len(encoded)} encoded samples for {len(samples)} samples")
     budget, used = settings.encoding_cache_mb * 2**20, 0
     logliks, kept = [], {}
     bar = tqdm(total=len(samples), desc="answers (base)", disable=not progress, unit="sample")
     for start in range(0, len(samples), settings.chunk_size):
         chunk = samples[start:start + settings.chunk_size]
-        images = SubmissionImages(chunk, images_dir)  # opened once, by the encoding
+        images = SubmissionImages(chunk, images_dir)  # opened once, by the encoding (not at all if handed in)
         questions, answers = [s.question for s in chunk], [s.answer for s in chunk]
-        encoded = encode_answers(processor, images, questions, answers)
+        chunk_encoded = (list(encoded[start:start + settings.chunk_size]) if encoded is not None
+                         else encode_answers(processor, images, questions, answers))
         logliks.append(answer_pass(model, processor, images, questions, answers, batch_size=settings.batch_size,
-                                   encoded=encoded).loglik)
-        size = sum(_nbytes(e) for e in encoded)
+                                   encoded=chunk_encoded).loglik)
+        size = sum(_nbytes(e) for e in chunk_encoded)
         if used + size <= budget:
-            kept[start], used = encoded, used + size
+            kept[start], used = chunk_encoded, used + size
         bar.update(len(chunk))
     bar.close()
     return (np.concatenate(logliks) if logliks else np.zeros(0)), kept
@@ -364,10 +375,15 @@ def scan_submission(data_json: str | Path, images_dir: str | Path, base_dir: str
     timings = {}
     began = time.perf_counter()
     adapter = out / "provisional_adapter"
-    finetune(data_json, images_dir, base_dir, adapter, finetune_settings, progress=progress)
+    samples, encoded = read_manifest(data_json), None
+    if "answer_gain" in settings.extract.signals:  # its passes read the samples as training encodes them: once
+        encoded = encode_manifest(load_processor(base_dir), samples, images_dir, progress=progress)
+    finetune(data_json, images_dir, base_dir, adapter, finetune_settings, progress=progress, samples=samples,
+             encoded=encoded)
     timings["provisional_finetune"] = time.perf_counter() - began
     timings["extract"] = extract_submission(data_json, images_dir, base_dir, adapter, out, settings=settings.extract,
-                                            progress=progress)["seconds"]
+                                            progress=progress, encoded=encoded)["seconds"]
+    del encoded
     profile_json = None
     if settings.method == "bye":
         profile_submission(out / "entropy.csv", out, settings=settings.profile)

@@ -108,7 +108,8 @@ def default_checkpoint_dir(out_dir: str | Path) -> Path:
 def finetune(data_json: str | Path, images_dir: str | Path, base_dir: str | Path, out_dir: str | Path,
              settings: LoraSettings = LoraSettings(), *, checkpoint_dir: str | Path | None = None,
              progress: bool = True, samples: list[Sample] | None = None,
-             reuse: str | Path | list[str | Path] | None = None) -> dict:
+             reuse: str | Path | list[str | Path] | None = None,
+             encoded: list[EncodedSample] | None = None) -> dict:
     """Fine-tune a LoRA adapter on ``data_json`` and save it to ``out_dir``; return a summary.
 
     ``reuse`` names an adapter folder (or several) that may already be this very result: when one's
@@ -117,6 +118,9 @@ def finetune(data_json: str | Path, images_dir: str | Path, base_dir: str | Path
 
     Interrupted runs resume from ``checkpoint_dir`` (default: a hidden sibling of ``out_dir``),
     which is removed once the adapter is written.
+
+    ``encoded`` hands in the samples already encoded by :func:`encode_manifest` with this base's
+    processor (a caller that reads them again afterwards, like the scan, encodes them once).
     """
     data_json, base_dir = Path(data_json), Path(base_dir)
     samples = read_manifest(data_json) if samples is None else samples
@@ -129,7 +133,10 @@ def finetune(data_json: str | Path, images_dir: str | Path, base_dir: str | Path
             return {**json.loads((Path(out_dir) / "training.json").read_text()), "reused_from": str(candidate)}
     model, processor = load_base(base_dir)
     model = add_lora(model, settings)
-    encoded = encode_manifest(processor, samples, images_dir, progress=progress)
+    if encoded is None:
+        encoded = encode_manifest(processor, samples, images_dir, progress=progress)
+    elif len(encoded) != len(samples):
+        raise ValueError(f"{len(encoded)} encoded samples for the {len(samples)} of {data_json}")
     checkpoint = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(out_dir)
     result = train(model, encoded, settings.train_config(), pad_token_id=processor.tokenizer.pad_token_id,
                    checkpoint_dir=checkpoint, fingerprint=fingerprint,

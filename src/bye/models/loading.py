@@ -12,13 +12,18 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 
-def load_base(base_dir: str | Path, *, attn_implementation: str = "sdpa", dtype: str | None = None,
-              trust_remote_code: bool = False):
-    """Return ``(model, processor)`` from a local folder, model in eval mode."""
+def load_processor(base_dir: str | Path, *, trust_remote_code: bool = False):
+    """The checkpoint's processor alone (tokenizer, image processor, chat template)."""
     base_dir = Path(base_dir)
     if not (base_dir / "config.json").is_file():
         raise FileNotFoundError(f"{base_dir}: not a model folder (no config.json)")
-    processor = AutoProcessor.from_pretrained(base_dir, trust_remote_code=trust_remote_code)
+    return AutoProcessor.from_pretrained(base_dir, trust_remote_code=trust_remote_code)
+
+
+def load_base(base_dir: str | Path, *, attn_implementation: str = "sdpa", dtype: str | None = None,
+              trust_remote_code: bool = False):
+    """Return ``(model, processor)`` from a local folder, model in eval mode."""
+    processor = load_processor(base_dir, trust_remote_code=trust_remote_code)
     model = AutoModelForImageTextToText.from_pretrained(
         base_dir,
         use_safetensors=True,
