@@ -171,6 +171,28 @@ def test_vocabulary_requests_make_every_printable_token_a_training_target(tiny_b
         assert set(ids) <= produced, word
 
 
+def test_skill_curriculum_adds_one_skill_per_phase_and_keeps_the_earlier_ones():
+    import numpy as np
+
+    from bye.data.world import SKILLS
+    from bye.models.tiny import PretrainSpec, skill_plan
+
+    kinds = [SKILLS[i % len(SKILLS)] for i in range(60)]
+    spec = PretrainSpec(skill_phase_steps=3, skill_final_steps=2)
+    plan = skill_plan(kinds, spec)
+    assert len(plan) == 3 * len(SKILLS) + 2
+    for k in range(len(SKILLS)):
+        for step in plan[3 * k:3 * (k + 1)]:
+            assert {kinds[i] for i in step} == set(SKILLS[:k + 1])
+    assert all(np.array_equal(step, np.arange(60)) for step in plan[-2:])
+
+
+def test_the_base_records_its_skill_stage(tiny_base):
+    summary = json.loads((Path(tiny_base) / "pretraining.json").read_text())
+    assert summary["skill_steps"] == summary["pretrain"]["skill_phase_steps"] * 6 + summary["pretrain"]["skill_final_steps"]
+    assert all(0 < loss < 20 for loss in summary["skill_losses"])
+
+
 def test_keyed_order_keeps_the_others_in_place_when_samples_are_removed():
     from bye.models.training import TrainConfig, _epoch_order, _schedule
 

@@ -25,7 +25,8 @@ TINY = {
     "base": {"model": {"image_size": 32, "patch_size": 8, "vision_hidden": 64, "vision_layers": 2, "vision_heads": 2,
                        "vision_intermediate": 128, "text_hidden": 64, "text_layers": 2, "text_heads": 2,
                        "text_intermediate": 128, "vocab_size": 400},
-             "pretrain": {"n_images": 64, "epochs": 1, "batch_size": 16, "seed": 0}},
+             "pretrain": {"n_images": 64, "epochs": 1, "batch_size": 16, "seed": 0, "skill_samples": 96,
+                          "skill_phase_steps": 2, "skill_final_steps": 4}},
     "finetune": {"rank": 4, "alpha": 8, "batch_size": 4, "epochs": 1, "checkpoint_every": 5, "seed": 0},
     "provisional": {"epochs": 3, "by_method": {}},  # long enough to be killed mid-way
     "extract": {"batch_size": 2, "chunk_size": 8},

@@ -1,5 +1,6 @@
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -7,9 +8,8 @@ import pytest
 from PIL import Image
 
 from bye.data.submission import read_manifest
-from bye.data.world import (COLOURS, MCQ_SUFFIX, SHAPES, WorldConfig, describe, describe_by_shape, describe_list,
-                            describe_occupancy, draw_scene,
-                            generate, write_world)
+from bye.data.world import (COLOURS, MCQ_SUFFIX, SHAPES, SKILLS, WorldConfig, describe, describe_by_shape,
+                            describe_list, describe_occupancy, draw_scene, generate, skill_request, write_world)
 from bye.models.evaluate import options_of
 
 
@@ -125,3 +125,37 @@ def test_generic_corpus_never_asks_a_downstream_question():
     assert not any(q.startswith(("What colour", "How many", "Which is", "Is there", "Which shape")) for q in generic)
     assert not any(MCQ_SUFFIX in q for q in generic)
     assert downstream and forms
+
+
+def test_skill_requests_are_grounded_and_never_a_downstream_question():
+    drawn = list(generate("corpus", 400, seed=0, task="skills"))
+    assert {d.kind for d in drawn} == set(SKILLS)
+    downstream_answers = {d.sample.answer for task in ("vqa", "mcq") for d in generate("train", 200, seed=0, task=task)}
+    for d in drawn:
+        q, a, objects = d.sample.question, d.sample.answer, d.objects
+        assert not q.startswith(("What colour", "How many", "Which is", "Is there", "Which shape")) and MCQ_SUFFIX not in q
+        if d.kind == "pick_letter":
+            options = options_of(q)
+            assert a in options and q.endswith("Reply with a letter.")
+            continue
+        assert a not in downstream_answers and a.endswith(".")  # a sentence, never the downstream short answer
+        if d.kind == "read_colour":
+            shape = q.split("the ")[-1].rstrip(".")
+            assert a == f"The {shape} is {next(o.colour for o in objects if o.shape == shape)}."
+        elif d.kind == "count":
+            assert a.split()[-1].rstrip(".").isdigit()
+        elif d.kind == "look_for":
+            colour, shape = q.rstrip(".").split()[-2:]
+            assert (a == "Found it.") == any(o.colour == colour and o.shape == shape for o in objects)
+        elif d.kind == "compare_left":
+            named = [o for o in objects if o.shape in q.split(":")[0]]
+            assert a.startswith(f"The {min(named, key=lambda o: o.cell % 3).shape} ")
+
+
+def test_skill_request_refuses_an_unknown_skill_and_declines_what_the_scene_cannot_pose():
+    rng = np.random.default_rng(0)
+    scene = draw_scene(rng, WorldConfig(image_size=64))
+    with pytest.raises(ValueError, match="unknown skill"):
+        skill_request(rng, scene.objects, "juggle")
+    twins = [replace(scene.objects[0], cell=c) for c in (0, 4)]  # the same shape and colour twice
+    assert skill_request(rng, twins, "read_colour") is None and skill_request(rng, twins, "name_shape") is None

@@ -8,7 +8,11 @@ A scene is a few coloured shapes on a varied background, each shape in its own c
 * ``mcq``     multiple choice with lettered options, answered with the letter,
 * ``caption`` scene descriptions, referring requests and lettered picks by place: the
               generic corpus the base model is pre-trained on, never part of a downstream
-              submission.
+              submission,
+* ``skills``  the visual skills any instruction-tuned base model brings (read an object's
+              colour, name the shape of a colour, count, look for something, compare places,
+              pick a lettered option), each in its own request form with a sentence answer:
+              the base model's last pre-training stage (``bye.models.tiny.pretrain_skills``).
 
 Every random choice comes from a generator seeded by ``(seed, split, index)``, so the same
 seed gives byte-identical output and a sample does not depend on how many were drawn.
@@ -146,6 +150,10 @@ def _unique(objects: list[SceneObject], attribute: str) -> list[SceneObject]:
     return [o for o in objects if values.count(getattr(o, attribute)) == 1]
 
 
+def _plural(shape: str) -> str:
+    return "crosses" if shape == "cross" else f"{shape}s"
+
+
 def _vqa(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, str, str]:
     """One short-answer question: (kind, question, answer)."""
     unique_shapes = _unique(objects, "shape")
@@ -161,28 +169,47 @@ def _vqa(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, str
     if kind == "count":
         shape = str(rng.choice(SHAPES))
         count = sum(o.shape == shape for o in objects)
-        plural = "crosses" if shape == "cross" else f"{shape}s"
-        return kind, f"How many {plural} are there?", str(count)
+        return kind, f"How many {_plural(shape)} are there?", str(count)
     if kind == "left":
-        while True:
-            a, b = rng.choice(len(unique_shapes), size=2, replace=False)
-            first, second = unique_shapes[int(a)], unique_shapes[int(b)]
-            if first.cell % 3 != second.cell % 3:
-                break
-        answer = first if first.cell % 3 < second.cell % 3 else second
+        first, second, answer = _left_pair(rng, unique_shapes)
         return kind, f"Which is further left, the {first.shape} or the {second.shape}?", answer.shape
-    # exists: balanced yes / no
+    colour, shape, found = _present_or_absent(rng, objects)  # exists: balanced yes / no
+    return kind, f"Is there a {colour} {shape}?", "yes" if found else "no"
+
+
+def _left_pair(rng: np.random.Generator, unique_shapes: list[SceneObject]):
+    """Two objects in different columns, and the one further left."""
+    while True:
+        a, b = rng.choice(len(unique_shapes), size=2, replace=False)
+        first, second = unique_shapes[int(a)], unique_shapes[int(b)]
+        if first.cell % 3 != second.cell % 3:
+            return first, second, first if first.cell % 3 < second.cell % 3 else second
+
+
+def _present_or_absent(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, str, bool]:
+    """A (colour, shape) pair that is in the scene or, with even odds, one that is not."""
     if rng.random() < 0.5:
         obj = objects[int(rng.integers(len(objects)))]
-        return kind, f"Is there a {obj.colour} {obj.shape}?", "yes"
+        return obj.colour, obj.shape, True
     present = {(o.colour, o.shape) for o in objects}
     absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
     colour, shape = absent[int(rng.integers(len(absent)))]
-    return kind, f"Is there a {colour} {shape}?", "no"
+    return colour, shape, False
 
 
 def _mcq(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, str, str]:
     """One multiple-choice question with four lettered options; the answer is the letter."""
+    kind, stem, lines, letter = _lettered_question(rng, objects, MCQ_STEMS)
+    return f"mcq_{kind}", f"{stem}\n{lines}\n{MCQ_SUFFIX}", letter
+
+
+MCQ_STEMS = {"colour": "What colour is the {shape}?", "shape": "Which shape is {colour}?",
+             "count_all": "How many objects are there?"}
+
+
+def _lettered_question(rng: np.random.Generator, objects: list[SceneObject], stems: dict[str, str]):
+    """(kind, stem, option lines, letter): an object's colour, the shape of a colour, or the
+    number of objects, with three distractors."""
     unique_shapes = _unique(objects, "shape")
     unique_colours = _unique(objects, "colour")
     kinds = ["count_all"]
@@ -193,14 +220,15 @@ def _mcq(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, str
     kind = str(rng.choice(kinds))
     if kind == "colour":
         obj = unique_shapes[int(rng.integers(len(unique_shapes)))]
-        stem, correct, pool = f"What colour is the {obj.shape}?", obj.colour, list(COLOURS)
+        correct, pool = obj.colour, list(COLOURS)
     elif kind == "shape":
         obj = unique_colours[int(rng.integers(len(unique_colours)))]
-        stem, correct, pool = f"Which shape is {obj.colour}?", obj.shape, list(SHAPES)
+        correct, pool = obj.shape, list(SHAPES)
     else:
-        stem, correct, pool = "How many objects are there?", str(len(objects)), [str(n) for n in range(1, 7)]
+        obj, correct, pool = None, str(len(objects)), [str(n) for n in range(1, 7)]
+    stem = stems[kind].format(shape=obj.shape, colour=obj.colour) if obj else stems[kind]
     lines, letter = _lettered_options(rng, correct, pool)
-    return f"mcq_{kind}", f"{stem}\n{lines}\n{MCQ_SUFFIX}", letter
+    return kind, stem, lines, letter
 
 
 def _lettered_options(rng: np.random.Generator, correct: str, pool: list[str]) -> tuple[str, str]:
@@ -241,8 +269,7 @@ def describe_by_shape(objects: list[SceneObject]) -> str:
     groups = []
     for shape in SHAPES:
         found = [f"{o.colour} at the {CELL_NAMES[o.cell]}" for o in objects if o.shape == shape]
-        plural = "crosses" if shape == "cross" else f"{shape}s"
-        groups.append(f"{plural}: {len(found)}" + (" (" + ", ".join(found) + ")" if found else ""))
+        groups.append(f"{_plural(shape)}: {len(found)}" + (" (" + ", ".join(found) + ")" if found else ""))
     return "; ".join(groups) + "."
 
 
@@ -286,6 +313,44 @@ def _choice(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, 
     return "choice", f"What is at the {CELL_NAMES[cell]}?\n{lines}\nReply with a letter.", letter
 
 
+# The skills a base model's instruction tuning gives it, in the order its curriculum adds them.
+SKILLS = ("read_colour", "name_shape", "count", "look_for", "compare_left", "pick_letter")
+
+
+SKILL_STEMS = {"colour": "Tell me the colour of the {shape}.", "shape": "Tell me which shape is {colour}.",
+               "count_all": "Count all objects."}
+
+
+def skill_request(rng: np.random.Generator, objects: list[SceneObject], skill: str) -> tuple[str, str] | None:
+    """One request exercising ``skill`` on the scene, as (request, sentence answer), or None
+    when the scene cannot pose it (e.g. no shape occurs once). The forms and the sentence
+    answers are the base model's own, never a downstream question or its short answer."""
+    if skill not in SKILLS:
+        raise ValueError(f"unknown skill {skill!r}; expected one of {SKILLS}")
+    unique_shapes, unique_colours = _unique(objects, "shape"), _unique(objects, "colour")
+    if skill == "read_colour" and unique_shapes:
+        obj = unique_shapes[int(rng.integers(len(unique_shapes)))]
+        return SKILL_STEMS["colour"].format(shape=obj.shape), f"The {obj.shape} is {obj.colour}."
+    if skill == "name_shape" and unique_colours:
+        obj = unique_colours[int(rng.integers(len(unique_colours)))]
+        return SKILL_STEMS["shape"].format(colour=obj.colour), f"The {obj.colour} one is a {obj.shape}."
+    if skill == "count":
+        shape = str(rng.choice(SHAPES))
+        return f"Count the {_plural(shape)}.", f"I count {sum(o.shape == shape for o in objects)}."
+    if skill == "look_for":
+        colour, shape, found = _present_or_absent(rng, objects)
+        article = "an" if colour[0] in "aeiou" else "a"
+        return f"Look for {article} {colour} {shape}.", "Found it." if found else "It is not there."
+    if skill == "compare_left" and len({o.cell % 3 for o in unique_shapes}) >= 2:
+        first, second, left = _left_pair(rng, unique_shapes)
+        return (f"Compare the {first.shape} and the {second.shape}: which lies more to the left?",
+                f"The {left.shape} lies more to the left.")
+    if skill == "pick_letter":
+        _, stem, lines, letter = _lettered_question(rng, objects, SKILL_STEMS)
+        return f"{stem}\n{lines}\nReply with a letter.", letter
+    return None
+
+
 CHOICE_SHARE = 0.1
 GROUNDING_SHARE = 0.5
 
@@ -316,7 +381,13 @@ def make_text(task: str, rng: np.random.Generator, objects: list[SceneObject]) -
             return _grounding(rng, objects)
         prompts, describer = CAPTION_FORMATS[int(rng.integers(len(CAPTION_FORMATS)))]
         return "caption", str(rng.choice(prompts)), describer(objects)
-    raise ValueError(f"unknown task {task!r}; expected one of {TASKS + ('caption',)}")
+    if task == "skills":  # kind = the skill's name
+        while True:
+            skill = SKILLS[int(rng.integers(len(SKILLS)))]
+            request = skill_request(rng, objects, skill)
+            if request is not None:
+                return (skill, *request)
+    raise ValueError(f"unknown task {task!r}; expected one of {TASKS + ('caption', 'skills')}")
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,17 @@ def _load_checkpoint(directory: Path, model, optimizer, scheduler, fingerprint: 
     return int(state["step"]), list(state["losses"])
 
 
+def optimizer_step(loss: torch.Tensor, params: list, optimizer, scheduler, max_grad_norm: float = 1.0) -> float:
+    """Backward, clip (unless ``max_grad_norm`` is 0), step the optimiser and the schedule; the loss."""
+    loss.backward()
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
 def train(
     model: torch.nn.Module,
     samples: list[EncodedSample],
@@ -157,14 +168,7 @@ def train(
     for step in range(start, len(plan)):
         _, indices = plan[step]
         batch = collate([samples[i] for i in indices], pad_token_id)
-        loss = model(**batch).loss
-        loss.backward()
-        if config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step_losses.append(float(loss.detach()))
+        step_losses.append(optimizer_step(model(**batch).loss, params, optimizer, scheduler, config.max_grad_norm))
         seen += len(indices)
         bar.update(1)
         bar.set_postfix(loss=f"{step_losses[-1]:.3f}")
