@@ -8,8 +8,8 @@ question kind as training goes. Three settings:
 * ``mixed``      every question kind at once, as a submission mixes them;
 * ``colour``     only "What colour is the <shape>?";
 * ``symbolic``   mixed, with each image token replaced by the sum of the word embeddings of its
-                 cell's colour, shape and size plus a learnt cell embedding: a perfect visual
-                 encoding, so that what remains is the language model's own learning.
+                 grid cell's colour, shape and size plus a learnt embedding of its place: a perfect
+                 visual encoding, so that what remains is the language model's own learning.
 
     python benchmarks/skill_plateau.py --setting mixed --steps 1500 [--base models/base]
 
@@ -30,6 +30,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, get_cosine_
 from bye.data.world import generate
 from bye.io import atomic_write_json
 from bye.models.chat import collate, encode_for_training
+from bye.models.tiny import embed_with_images, frozen_image_features
 from bye.models.training import optimizer_step
 
 
@@ -78,12 +79,7 @@ def main() -> None:
         # every patch gets its grid cell's words, plus a learnt embedding of its own place
         project = lambda ids: embed(ids[:, cell_of_token]).sum(2) + positions.weight[None]
     else:
-        tower = model.model.vision_tower
-        @torch.no_grad()
-        def image_input(drawn, encoded):
-            return torch.cat([tower(torch.cat([e.vision["pixel_values"] for e in encoded[i:i + 256]]),
-                                    output_hidden_states=True).hidden_states[config.vision_feature_layer][:, 1:]
-                              for i in range(0, len(encoded), 256)])
+        image_input = lambda drawn, encoded: frozen_image_features(model, encoded)
         project = projector
     train_images, test_images = image_input(train, train_encoded), image_input(test, test_encoded)
     params = list(language.parameters()) + list(projector.parameters()) + list(positions.parameters())
@@ -93,9 +89,7 @@ def main() -> None:
 
     def forward(samples, images):
         batch = collate(samples, pad)
-        inputs = embed(batch["input_ids"])
-        mask = batch["input_ids"] == config.image_token_index
-        inputs = inputs.masked_scatter(mask[..., None], project(images).to(inputs.dtype))
+        inputs = embed_with_images(model, batch["input_ids"], project(images))
         hidden = language(inputs_embeds=inputs, attention_mask=batch["attention_mask"]).last_hidden_state
         return head(hidden), batch["labels"]
 

@@ -187,9 +187,31 @@ def test_skill_curriculum_adds_one_skill_per_phase_and_keeps_the_earlier_ones():
     assert all(np.array_equal(step, np.arange(60)) for step in plan[-2:])
 
 
+def test_cached_image_features_give_the_forward_of_the_pixels(tiny_base, tiny_world):
+    from bye.models.tiny import embed_with_images, frozen_image_features
+
+    processor = AutoProcessor.from_pretrained(tiny_base)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_base).eval()
+    samples = read_manifest(tiny_world / "train.json")[:4]
+    encoded = [encode_for_training(processor, open_rgb(tiny_world / "images" / s.image), s.question, s.answer)
+               for s in samples]
+    batch = collate(encoded, processor.tokenizer.pad_token_id)
+    projected = model.model.multi_modal_projector(frozen_image_features(model, encoded, chunk=3))
+    assert isinstance(model.model.multi_modal_projector, torch.nn.Module) and \
+        not isinstance(model.model.multi_modal_projector, torch.nn.Identity)  # put back after the call
+    with torch.no_grad():
+        cached = model(inputs_embeds=embed_with_images(model, batch["input_ids"], projected),
+                       attention_mask=batch["attention_mask"]).logits
+        direct = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    torch.testing.assert_close(cached, direct, atol=1e-5, rtol=1e-5)
+
+
 def test_the_base_records_its_skill_stage(tiny_base):
+    from bye.data.world import SKILLS
+
     summary = json.loads((Path(tiny_base) / "pretraining.json").read_text())
-    assert summary["skill_steps"] == summary["pretrain"]["skill_phase_steps"] * 6 + summary["pretrain"]["skill_final_steps"]
+    pretrain = summary["pretrain"]
+    assert summary["skill_steps"] == pretrain["skill_phase_steps"] * len(SKILLS) + pretrain["skill_final_steps"]
     assert all(0 < loss < 20 for loss in summary["skill_losses"])
 
 

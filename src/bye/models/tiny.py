@@ -279,6 +279,31 @@ def skill_plan(kinds: list[str], spec: PretrainSpec) -> list[np.ndarray]:
     return plan + [np.arange(len(kinds))] * spec.skill_final_steps
 
 
+def frozen_image_features(model: LlavaForConditionalGeneration, encoded: list, chunk: int = 256) -> torch.Tensor:
+    """The vision tower's selected features (the projector's input) of every encoded sample,
+    computed once: (N, image tokens, vision hidden). The model's own feature selection, with the
+    projector left out for the call."""
+    projector = model.model.multi_modal_projector
+    model.model.multi_modal_projector = torch.nn.Identity()
+    try:
+        with torch.no_grad():
+            return torch.cat([torch.stack(model.model.get_image_features(
+                pixel_values=torch.cat([e.vision["pixel_values"] for e in encoded[i:i + chunk]]),
+                vision_feature_layer=model.config.vision_feature_layer,
+                vision_feature_select_strategy=model.config.vision_feature_select_strategy).pooler_output)
+                for i in range(0, len(encoded), chunk)])
+    finally:
+        model.model.multi_modal_projector = projector
+
+
+def embed_with_images(model: LlavaForConditionalGeneration, input_ids: torch.Tensor, projected: torch.Tensor):
+    """The input embeddings of ``input_ids`` with the image-token positions filled, in order, by
+    ``projected`` (B, image tokens, hidden): what the model's forward does with pixel values."""
+    inputs = model.get_input_embeddings()(input_ids)
+    image = input_ids == model.config.image_token_index
+    return inputs.masked_scatter(image[..., None], projected.to(inputs.dtype))
+
+
 def pretrain_skills(model: LlavaForConditionalGeneration, encoded: list, kinds: list[str], spec: PretrainSpec,
                     *, pad_token_id: int, progress: bool = True) -> dict:
     """Last stage: the visual skills an instruction-tuned base brings, one added per phase.
@@ -295,17 +320,8 @@ def pretrain_skills(model: LlavaForConditionalGeneration, encoded: list, kinds: 
     from bye.models.training import optimizer_step
 
     plan = skill_plan(kinds, spec)
-    # The tower is frozen: its features are computed once (the projector on top still trains).
+    features = frozen_image_features(model, encoded)  # the tower is frozen; the projector still trains
     projector = model.model.multi_modal_projector
-    model.model.multi_modal_projector = torch.nn.Identity()
-    with torch.no_grad():
-        features = torch.cat([torch.stack(model.model.get_image_features(
-            pixel_values=torch.cat([e.vision["pixel_values"] for e in encoded[i:i + 256]]),
-            vision_feature_layer=model.config.vision_feature_layer,
-            vision_feature_select_strategy=model.config.vision_feature_select_strategy).pooler_output)
-            for i in range(0, len(encoded), 256)])
-    model.model.multi_modal_projector = projector
-    embed = model.get_input_embeddings()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.skill_learning_rate, weight_decay=spec.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(spec.warmup_ratio * len(plan)), len(plan))
@@ -315,9 +331,7 @@ def pretrain_skills(model: LlavaForConditionalGeneration, encoded: list, kinds: 
     for allowed in tqdm(plan, desc="pre-train skills", disable=not progress):
         index = allowed[rng.choice(len(allowed), size=min(spec.batch_size, len(allowed)), replace=False)]
         batch = collate([encoded[i] for i in index], pad_token_id)
-        inputs = embed(batch["input_ids"])
-        image = batch["input_ids"] == model.config.image_token_index
-        inputs = inputs.masked_scatter(image[..., None], projector(features[torch.as_tensor(index)]).to(inputs.dtype))
+        inputs = embed_with_images(model, batch["input_ids"], projector(features[torch.as_tensor(index)]))
         loss = model(inputs_embeds=inputs, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
         losses.append(optimizer_step(loss, params, optimizer, scheduler))
     model.eval()
