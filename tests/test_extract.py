@@ -321,6 +321,29 @@ def test_length_batches_group_similar_lengths_and_keep_every_index_once():
         length_batches(lengths, 0, "x")
 
 
+def test_prefetched_encodes_each_batch_once_in_order_and_passes_errors_on():
+    from bye.detect.extract import HostCopy, prefetched
+
+    calls = []
+
+    def encode(indices):
+        calls.append(list(indices))
+        if indices == [9]:
+            raise ValueError("bad record 9")
+        return {"ids": torch.tensor(indices)}
+
+    batches = [[2, 0], [1], [3, 4]]
+    out = list(prefetched(batches, encode))
+    assert [i for i, _ in out] == batches
+    assert [e["ids"].tolist() for _, e in out] == batches
+    assert calls == batches
+    assert list(prefetched([], encode)) == []
+    with pytest.raises(ValueError, match="bad record 9"):
+        list(prefetched([[1], [9], [2]], encode))
+    rows = torch.rand(2, 3)
+    assert HostCopy(rows).get() is rows  # on the CPU nothing is copied
+
+
 def test_attention_implementation_is_switched_for_the_language_model_only_and_restored(llava):
     model, processor = llava
     text, vision = model.config.text_config, model.config.vision_config

@@ -22,7 +22,8 @@ import contextlib
 import contextvars
 import inspect
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,8 +128,10 @@ def _head_mean_last_row(query, key, attention_mask, scaling, softcap, sinks, pos
     kv_heads, length = key.shape[1], key.shape[2]
     scale = scaling if scaling is not None else dim ** -0.5
     # Grouped-query attention without repeat_kv: query head h reads key head h // (H / H_kv).
-    q = _at(query, positions).float().reshape(batch, kv_heads, heads // kv_heads, dim)
-    scores = torch.matmul(q, key.float().transpose(-1, -2)).reshape(batch, heads, length) * scale
+    # Scores in the model's dtype, as eager attention computes them (no float32 copy of every key),
+    # then float32 from the scaling on.
+    q = _at(query, positions).reshape(batch, kv_heads, heads // kv_heads, dim)
+    scores = torch.matmul(q, key.transpose(-1, -2)).reshape(batch, heads, length).float() * scale
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if position_bias is not None:
@@ -249,20 +252,41 @@ def prepare_inputs(model, encoded: dict, parameters: set[str]) -> dict:
 
 
 @torch.no_grad()
-def recorded_forward(model, inputs: dict, positions: torch.Tensor | None = None):
+def recorded_forward(model, inputs: dict, positions: torch.Tensor | None = None, *, host: bool = True):
     """``(outputs, rows)``: one forward of ``model`` on prepared ``inputs``, and per layer the
     head-mean attention of each row's query position (the last one, or ``positions``) over all T
-    keys, ``rows`` ``(B, L, T)`` float32 on the CPU."""
+    keys, ``rows`` ``(B, L, T)`` float32 on the CPU (``host=False``: on the model's device, not
+    waited for)."""
     with recording(model, positions) as rows:
         outputs = model(**inputs, use_cache=False)
     expected = getattr(model.config.get_text_config(), "num_hidden_layers", len(rows))
     if len(rows) != expected:
         raise RuntimeError(f"{type(model).__name__}: {len(rows)} attention calls for {expected} decoder layers "
                            "(layers that bypass the attention interface cannot be read)")
-    stacked = torch.stack(rows, dim=1).cpu()
+    stacked = torch.stack(rows, dim=1)
     if stacked.shape[-1] != inputs["input_ids"].shape[1]:
         raise RuntimeError(f"attention over {stacked.shape[-1]} keys for {inputs['input_ids'].shape[1]} input tokens")
-    return outputs, stacked
+    return outputs, stacked.cpu() if host else stacked
+
+
+class HostCopy:
+    """A device tensor's copy to the CPU, started now and waited for in :meth:`get`: the
+    accelerator goes on with the work queued after it (the next batch) in the meantime. On the
+    CPU it is the tensor itself."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.event = None
+        if tensor.device.type == "cpu":
+            self.tensor = tensor
+        else:
+            self.tensor = tensor.to("cpu", non_blocking=True)  # pinned, filled when the stream gets there
+            self.event = torch.Event(device=tensor.device)
+            self.event.record()
+
+    def get(self) -> torch.Tensor:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.tensor
 
 
 def image_rows(rows: torch.Tensor, input_ids: torch.Tensor, token_id: int,
@@ -328,6 +352,21 @@ def length_batches(lengths: Sequence[int], batch_size: int, description: str,
                     description, progress)
 
 
+def prefetched(batches: Iterable[list[int]], encode: Callable[[list[int]], dict]) -> Iterator[tuple[list[int], dict]]:
+    """``(indices, encode(indices))`` per batch, the next batch encoded in a worker thread while
+    the caller runs the current one (the processor works on the CPU while an accelerator runs
+    the forward; on a CPU the two share the cores). Same results, in the same order."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for indices in batches:
+            ahead = pool.submit(encode, indices)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = (indices, ahead)
+        if pending is not None:
+            yield pending[0], pending[1].result()
+
+
 def image_attention(model, processor, images: Sequence[Image.Image], questions: Sequence[str], *,
                     batch_size: int = 16, keep_maps: bool = False, progress: bool = False) -> ImageAttention:
     """BYE's attention profile for N (image, question) prompts.
@@ -348,14 +387,29 @@ def image_attention(model, processor, images: Sequence[Image.Image], questions: 
     token_id = image_token_id(model, processor)
     parameters = _forward_parameters(model)
     per_sample: list[np.ndarray | None] = [None] * len(images)
+
+    def encode(indices: list[int]) -> dict[str, torch.Tensor]:
+        return encode_batch(processor, [images[i] for i in indices], [questions[i] for i in indices])
+
     with evaluating(model):
         # Batches of questions of similar length: the image part is the same size for a family.
-        for indices in length_batches([len(q) for q in questions], batch_size, "attention", progress):
-            encoded = encode_batch(processor, [images[i] for i in indices], [questions[i] for i in indices])
+        # One batch in flight: batch k's rows are read while batch k + 1 runs (on an accelerator;
+        # on the CPU the copy is the tensor itself).
+        staged = []
+        for indices, encoded in prefetched(length_batches([len(q) for q in questions], batch_size, "attention",
+                                                          progress), encode):
             inputs = prepare_inputs(model, encoded, parameters)
             if "logits_to_keep" in parameters:
                 inputs["logits_to_keep"] = 1
-            _, rows = recorded_forward(model, inputs)
-            for i, row in zip(indices, image_rows(rows, encoded["input_ids"], token_id, indices)):
-                per_sample[i] = row
+            _, rows = recorded_forward(model, inputs, host=False)
+            staged.append((indices, HostCopy(rows), encoded["input_ids"]))
+            if len(staged) > 1:
+                _keep_rows(per_sample, *staged.pop(0), token_id)
+        for batch in staged:
+            _keep_rows(per_sample, *batch, token_id)
     return assemble(per_sample, keep_maps=keep_maps)
+
+
+def _keep_rows(per_sample: list, indices: list[int], rows: HostCopy, input_ids: torch.Tensor, token_id: int) -> None:
+    for i, row in zip(indices, image_rows(rows.get(), input_ids, token_id, indices)):
+        per_sample[i] = row
