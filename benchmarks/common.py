@@ -28,6 +28,23 @@ def cell_arguments(description: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
+def machine() -> dict:
+    """The machine and software a result was measured on, as the result files record it."""
+    import torch
+    import transformers
+
+    info = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "load_average_at_start": list(os.getloadavg())}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
 def machine_line() -> str:
-    """The machine a result was measured on, as the result files state it."""
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, no GPU"
+    """The machine a result was measured on, in one line."""
+    info = machine()
+    return (f"{platform.machine()}, {info['cpu_count']} cores, Python {info['python']}, "
+            + (f"GPU {info['gpu']}" if "gpu" in info else "no GPU"))

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+import common
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -284,17 +285,8 @@ def memory(points: list[int], methods: list[str], batch_size: int, threads: int)
 
 
 def machine() -> dict:
-    import transformers
-
-    info = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "load_average_at_start": list(os.getloadavg()), "device": str(SETUP["device"]),
-            "dtype": str(SETUP["dtype"]).removeprefix("torch."), "shape": SETUP["shape"]}
-    if SETUP["device"].type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(SETUP["device"])
-        info["cuda"] = torch.version.cuda
-    return info
+    return {**common.machine(), "device": str(SETUP["device"]), "dtype": str(SETUP["dtype"]).removeprefix("torch."),
+            "shape": SETUP["shape"]}
 
 
 def describe(m: dict, t: dict) -> str:

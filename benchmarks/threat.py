@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from bye.attacks import available_triggers, get_trigger
@@ -30,13 +26,9 @@ from bye.data.submission import read_manifest
 from bye.models.evaluate import EvalSettings, run_evaluation
 from bye.models.finetune import LoraSettings, finetune
 from bye.settings import trigger as trigger_from_params
+from common import machine
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def gallery(world: Path, names: list[str], out: Path, scale: int = 4) -> None:
