@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise clean prefect-server ui
 
 install: $(STAMP)
 
@@ -62,6 +62,14 @@ bench-threat: $(STAMP)
 
 bench-extract: $(STAMP)
 	$(BIN)/python benchmarks/extract.py
+
+# Needs a CUDA GPU with ~60 GB free (the batched published path at 1,024 image tokens) and a CUDA torch;
+# not part of `bench`. Writes extract_cuda_*.json / .md (README, "On a GPU").
+bench-extract-gpu: $(STAMP)
+	$(BIN)/python benchmarks/extract.py --device cuda --shape llava-1.5-7b --dtype bfloat16 --batch-size 8
+	$(BIN)/python benchmarks/extract.py --device cuda --shape llava-1.5-7b --dtype bfloat16 --batch-size 16 \
+	  --batches 4 --image-tokens 256 576 --memory-tokens --name extract_cuda_llava-1.5-7b_b16x4
+	$(BIN)/python benchmarks/extract.py --device cuda --shape small --batch-size 16
 
 # Every trigger x poison rate x detector, cached per cell by DVC (benchmarks/dvc.yaml).
 bench-matrix: $(STAMP)
