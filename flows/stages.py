@@ -19,6 +19,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from bye.config import load_params
+from bye.runtime import configure as configure_runtime
 from bye.io import atomic_write_json
 from bye.settings import (
     attack_settings,
@@ -56,7 +57,9 @@ class Layout:
 
 def context(root: str, params_path: str, overrides: dict | None = None, base: str | None = None):
     """(layout, params): ``overrides`` (nested like params.yaml) win over the file."""
-    return Layout(Path(root), base), merge(load_params(params_path), overrides or {})
+    params = merge(load_params(params_path), overrides or {})
+    configure_runtime(params)  # where this stage's models run
+    return Layout(Path(root), base), params
 
 
 def merge(params: dict, overrides: dict) -> dict:

@@ -12,6 +12,7 @@ from pathlib import Path  # noqa: E402
 import click  # noqa: E402
 
 from bye.config import load_params  # noqa: E402
+from bye.runtime import configure as configure_runtime  # noqa: E402
 from bye.settings import (  # noqa: E402
     attack_settings,
     base_settings,
@@ -49,6 +50,13 @@ manifest_model_options = _stack(
 )
 
 
+def _params(params_path: str | None) -> dict:
+    """The params file, its ``runtime`` section made this process's (where the models run)."""
+    params = load_params(params_path)
+    configure_runtime(params)
+    return params
+
+
 def _echo_json(payload: dict) -> None:
     click.echo(json.dumps(payload, indent=2, sort_keys=True, default=str))
 
@@ -71,7 +79,7 @@ def world(out_dir, n_train, n_test, seed, task, params_path):
     """Generate the embedded image-question world as a submission folder OUT_DIR."""
     from bye.data.world import write_world
 
-    settings = world_settings(load_params(params_path), n_train=n_train, n_test=n_test, seed=seed, task=task)
+    settings = world_settings(_params(params_path), n_train=n_train, n_test=n_test, seed=seed, task=task)
     counts = write_world(out_dir, **settings, progress=True)
     _echo_json({"out_dir": out_dir, **counts})
 
@@ -86,7 +94,7 @@ def base(model_dir, n_images, epochs, seed, params_path):
     """Build and pre-train the embedded tiny LLaVA base model into MODEL_DIR."""
     from bye.models.tiny import build_base
 
-    spec, pretrain, scene = base_settings(load_params(params_path), n_images=n_images, epochs=epochs, seed=seed)
+    spec, pretrain, scene = base_settings(_params(params_path), n_images=n_images, epochs=epochs, seed=seed)
     summary = build_base(model_dir, spec, pretrain, scene, progress=True)
     _echo_json({k: summary[k] for k in ("parameters", "vocab_size", "epoch_losses", "train_seconds", "total_seconds")})
 
@@ -115,7 +123,7 @@ def finetune(data_json, images_dir, base_dir, out_dir, epochs, learning_rate, ba
     from bye.data.submission import images_dir_for
     from bye.models.finetune import finetune as run_finetune
 
-    params = load_params(params_path)
+    params = _params(params_path)
     settings = lora_settings(
         params, provisional=provisional, method=params.get("cluster", {}).get("method") if provisional else None,
         epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, rank=rank, alpha=alpha,
@@ -148,7 +156,7 @@ def evaluate(test_json, images_dir, base_dir, adapter_dir, out_json, predictions
     from bye.data.submission import images_dir_for
     from bye.models.evaluate import run_evaluation
 
-    params = load_params(params_path)
+    params = _params(params_path)
     settings = eval_settings(params, batch_size=batch_size)
     chosen = trigger(attack, params) if attack else None
     metrics = run_evaluation(test_json, images_dir or images_dir_for(test_json), base_dir, adapter_dir,
@@ -172,7 +180,7 @@ def poison(data_json, images_dir, attack, rate, target, out_dir, truth_json, see
     from bye.attacks.poison import poison_submission
     from bye.data.submission import images_dir_for
 
-    params = load_params(params_path)
+    params = _params(params_path)
     try:
         result = poison_submission(data_json, images_dir or images_dir_for(data_json), trigger(attack, params),
                                    out_dir=out_dir, truth_json=truth_json,
@@ -193,7 +201,7 @@ def scan(data_json, images_dir, base_dir, out_dir, method, epochs, params_path):
     from bye.data.submission import images_dir_for
     from bye.detect.scan import scan_submission
 
-    lora, settings = scan_settings(load_params(params_path), method=method, epochs=epochs)
+    lora, settings = scan_settings(_params(params_path), method=method, epochs=epochs)
     record = scan_submission(data_json, images_dir or images_dir_for(data_json), base_dir, out_dir,
                              finetune_settings=lora, settings=settings)
     _echo_json({k: record[k] for k in ("verdict", "method", "n_samples", "n_flagged", "sensitive_layers",
@@ -210,7 +218,7 @@ def extract(data_json, images_dir, base_dir, out_dir, adapter_dir, params_path):
     from bye.data.submission import images_dir_for
     from bye.detect.scan import extract_submission
 
-    _, settings = scan_settings(load_params(params_path))
+    _, settings = scan_settings(_params(params_path))
     record = extract_submission(data_json, images_dir or images_dir_for(data_json), base_dir, adapter_dir, out_dir,
                                 settings=settings.extract)
     _echo_json(record)
@@ -224,7 +232,7 @@ def profile(entropy_csv, out_dir, params_path):
     """Fit two Gaussians per layer; write profile.json (the sensitive layers) to OUT."""
     from bye.detect.scan import profile_submission
 
-    _, settings = scan_settings(load_params(params_path))
+    _, settings = scan_settings(_params(params_path))
     record = profile_submission(entropy_csv, out_dir, settings=settings.profile)
     _echo_json({"rule": record["rule"], "sensitive_layers": record["sensitive_layers"]})
 
@@ -242,7 +250,7 @@ def cluster(data_json, images_dir, extract_dir, profile_json, out_dir, method, p
     """Score and flag every sample, decide the verdict: write scores.csv, filtered.json, verdict.json to OUT."""
     from bye.detect.scan import cluster_submission
 
-    _, settings = scan_settings(load_params(params_path), method=method)
+    _, settings = scan_settings(_params(params_path), method=method)
     record = cluster_submission(data_json, extract_dir, out_dir, profile_json=profile_json, method=settings.method,
                                 detector=settings.detector)
     _echo_json({k: record[k] for k in ("verdict", "method", "n_samples", "n_flagged", "sensitive_layers", "reasons")})
@@ -258,7 +266,7 @@ def ingest_command(path, out_dir, max_rejected_fraction, params_path):
     """Safely ingest an untrusted submission folder or archive into OUT (manifest.json, rejected.csv)."""
     from bye.data.ingest import SubmissionError, ingest
 
-    limits, bound = ingest_settings(load_params(params_path), max_rejected_fraction=max_rejected_fraction)
+    limits, bound = ingest_settings(_params(params_path), max_rejected_fraction=max_rejected_fraction)
     try:
         report = ingest(path, out_dir, limits=limits)
     except SubmissionError as error:

@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from bye.models.chat import prompt_text
+from bye.models.loading import to_model
 
 ATTENTION_NAME = "bye_last_row"
 EPS = 1e-8
@@ -238,12 +239,7 @@ def encode_batch(processor, images: Sequence[Image.Image], questions: Sequence[s
 
 def prepare_inputs(model, encoded: dict, parameters: set[str]) -> dict:
     """Processor outputs on the model's device and dtype, plus what ``generate`` adds (position ids)."""
-    parameter = next(model.parameters())
-    inputs = {}
-    for name, value in encoded.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(parameter.device, parameter.dtype if value.is_floating_point() else None)
-        inputs[name] = value
+    inputs = to_model(model, encoded)
     if "position_ids" in parameters and hasattr(model, "_prepare_position_ids_for_generation"):
         # What generate() does: positions count real tokens only, so a left-padded row gets the
         # same positions (RoPE, or a family's multimodal RoPE) as the sample alone.

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from bye.data.submission import Sample, resolve_image
 from bye.models.chat import open_rgb, prompt_text
+from bye.models.loading import to_model
 
 _OPTION_LINE = re.compile(r"^\s*([A-Z])[.)]\s+(.+?)\s*$", re.MULTILINE)
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate(
@@ -74,9 +75,9 @@ def generate_answers(model, processor, images: list[Image.Image], questions: lis
     try:
         for start in tqdm(range(0, len(questions), batch_size), desc="generate", disable=not progress):
             batch_questions = questions[start:start + batch_size]
-            inputs = processor(images=images[start:start + batch_size],
-                               text=[prompt_text(processor, q) for q in batch_questions],
-                               padding=True, return_tensors="pt")
+            inputs = to_model(model, processor(images=images[start:start + batch_size],
+                                               text=[prompt_text(processor, q) for q in batch_questions],
+                                               padding=True, return_tensors="pt"))
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]

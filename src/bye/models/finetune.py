@@ -20,6 +20,7 @@ from bye.data.submission import Sample, read_manifest, resolve_image
 from bye.io import atomic_directory, atomic_write_json, reproducible
 from bye.models.chat import EncodedSample, encode_for_training, open_rgb
 from bye.models.loading import load_base
+from bye.runtime import current as current_runtime
 from bye.models.training import TrainConfig, train
 
 
@@ -79,8 +80,9 @@ def encode_manifest(processor, samples: list[Sample], images_dir: str | Path, *,
 def training_fingerprint(settings: LoraSettings, data_json: str | Path, images_dir: str | Path, base_dir: str | Path,
                          samples: list[Sample] | None = None) -> str:
     """What an adapter is a function of: the settings, the manifest, the bytes of every image it names and
-    the base checkpoint's config and weights. Equal fingerprints, equal adapters (training is deterministic
-    per seed): a resumed run checks it, and an adapter trained on the same inputs can be reused."""
+    the base checkpoint's config and weights, and the device and dtype when they are not the CPU's
+    defaults (:mod:`bye.runtime`). Equal fingerprints, equal adapters (training is deterministic per
+    seed): a resumed run checks it, and an adapter trained on the same inputs can be reused."""
     digest = hashlib.sha256()
     digest.update(json.dumps(asdict(settings), sort_keys=True).encode())
     digest.update(Path(data_json).read_bytes())
@@ -90,6 +92,10 @@ def training_fingerprint(settings: LoraSettings, data_json: str | Path, images_d
     for path in [base / "config.json", *sorted(base.glob("*.safetensors"))]:
         with path.open("rb") as handle:
             digest.update(path.name.encode() + hashlib.file_digest(handle, "sha256").digest())
+    runtime = current_runtime()
+    device = runtime.torch_device()
+    if device.type != "cpu" or runtime.dtype != "auto":  # on the CPU in the checkpoint's dtype: as before
+        digest.update(f"{device.type}/{runtime.torch_dtype(device)}".encode())
     return digest.hexdigest()
 
 

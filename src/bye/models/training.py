@@ -24,6 +24,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from bye.io import atomic_write_json
 from bye.models.chat import EncodedSample, collate
+from bye.models.loading import to_model
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,10 @@ def _save_checkpoint(directory: Path, model, optimizer, scheduler, step: int, fi
     save_file({k: v.detach().contiguous() for k, v in _trainable(model).items()}, str(tmp / "trainable.safetensors"))
     # Optimiser state is tensors and numbers only; it is reloaded with weights_only=True.
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-    save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+    rng = {"torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout on a GPU draws from its own generator
+        rng["cuda_rng"] = torch.stack(torch.cuda.get_rng_state_all())
+    save_file(rng, str(tmp / "rng.safetensors"))
     atomic_write_json(tmp / "state.json", {"step": step, "fingerprint": fingerprint, "losses": losses})
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(tmp, directory)
@@ -113,7 +117,10 @@ def _load_checkpoint(directory: Path, model, optimizer, scheduler, fingerprint: 
     blob = torch.load(directory / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
-    torch.set_rng_state(load_file(str(directory / "rng.safetensors"))["torch_rng"])
+    rng = load_file(str(directory / "rng.safetensors"))
+    torch.set_rng_state(rng["torch_rng"])
+    if "cuda_rng" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(rng["cuda_rng"]))
     return int(state["step"]), list(state["losses"])
 
 
@@ -167,7 +174,7 @@ def train(
     bar = tqdm(total=len(plan), initial=start, desc=description, disable=not progress, unit="step")
     for step in range(start, len(plan)):
         _, indices = plan[step]
-        batch = collate([samples[i] for i in indices], pad_token_id)
+        batch = to_model(model, collate([samples[i] for i in indices], pad_token_id))
         step_losses.append(optimizer_step(model(**batch).loss, params, optimizer, scheduler, config.max_grad_norm))
         seen += len(indices)
         bar.update(1)
