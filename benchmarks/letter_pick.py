@@ -1,0 +1,132 @@
+"""Why multiple choice stays at chance: the letter pick alone, in a plain language model of the base's size.
+
+A synthetic multiple-choice question with the visual part removed: the question names a word
+``x`` outright, four lettered options list four different words (one of them ``x``), and the
+model must answer with the letter of the option that says ``x``. Token ids stand for words; no
+tokenizer, no image. A ``LlamaForCausalLM`` with the embedded base's language-model sizes
+(4 layers x 192, 4 heads; ``params.yaml`` ``base.model``) is trained from random
+initialisation on fresh questions (batch 32, AdamW), and the letter accuracy on 500 held-out
+questions is reported as training goes. Three answer formats:
+
+* ``letter``       options ``L . w``, answer ``L`` (what the world asks today);
+* ``word_letter``  options ``L . w``, answer ``x L``: the option's word first, then its letter;
+* ``word_paren``   options ``w ( L )``, answer ``x ( L``: the letter follows the word in the
+                   options too, so that it is an induction copy.
+
+The letter is scored given the correct word (teacher forcing), the way the world's answer would
+be read once the word is right.
+
+    python benchmarks/letter_pick.py [--formats letter word_letter word_paren] [--steps 3000]
+
+Writes ``benchmarks/results/letter_pick.json`` and ``letter_pick.md`` (with the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import machine_line
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from bye.config import load_params
+from bye.io import atomic_write_json
+
+FORMATS = ("letter", "word_letter", "word_paren")
+WORDS, LETTERS = list(range(10, 40)), [40, 41, 42, 43]
+DOT, QUESTION, ANSWER, NEWLINE, OPEN, CLOSE = 44, 45, 46, 47, 48, 49
+VOCAB = 64
+
+
+def questions(rng: np.random.Generator, n: int, answer_format: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, targets)``: ``inputs`` the question, options and answer prefix (teacher-forced),
+    ``targets`` the answer tokens, the letter last."""
+    inputs, targets = [], []
+    for _ in range(n):
+        options = rng.choice(WORDS, 4, replace=False)
+        right = int(rng.integers(4))
+        word = int(options[right])
+        sequence = [QUESTION, word, NEWLINE]
+        for i, option in enumerate(options):
+            sequence += ([int(option), OPEN, LETTERS[i], CLOSE, NEWLINE] if answer_format == "word_paren"
+                         else [LETTERS[i], DOT, int(option), NEWLINE])
+        answer = {"letter": [LETTERS[right]], "word_letter": [word, LETTERS[right]],
+                  "word_paren": [word, OPEN, LETTERS[right]]}[answer_format]
+        inputs.append(sequence + [ANSWER] + answer[:-1])
+        targets.append(answer)
+    return torch.tensor(inputs), torch.tensor(targets)
+
+
+def train(answer_format: str, model_spec: dict, *, steps: int, learning_rate: float, batch_size: int, every: int,
+          seed: int) -> list[dict]:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=model_spec["text_hidden"],
+                         intermediate_size=model_spec["text_intermediate"],
+                         num_hidden_layers=model_spec["text_layers"], num_attention_heads=model_spec["text_heads"],
+                         num_key_value_heads=model_spec["text_heads"], max_position_embeddings=64,
+                         tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
+    held_out_inputs, held_out_targets = questions(np.random.default_rng(seed + 1), 500, answer_format)
+    rng, began, curve, losses = np.random.default_rng(seed), time.perf_counter(), [], []
+    n_answer = held_out_targets.shape[1]
+    for step in range(1, steps + 1):
+        inputs, targets = questions(rng, batch_size, answer_format)
+        logits = model(inputs).logits[:, -n_answer:]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % every == 0 or step == steps:
+            with torch.no_grad():
+                letter = model(held_out_inputs).logits[:, -1].argmax(-1)
+            curve.append({"step": step, "loss": float(np.mean(losses[-every:])),
+                          "letter_accuracy": float((letter == held_out_targets[:, -1]).float().mean()),
+                          "seconds": time.perf_counter() - began})
+            print(answer_format, curve[-1], flush=True)
+    return curve
+
+
+def markdown(record: dict) -> str:
+    steps = [point["step"] for point in next(iter(record["curves"].values()))]
+    lines = ["# Letter pick in a plain language model of the base's size", "",
+             f"{record['model']}, batch {record['batch_size']}, lr {record['learning_rate']}, seed {record['seed']}; "
+             f"letter accuracy on 500 held-out questions (chance 0.25). Machine: {record['machine']}.", "",
+             "| answer format | " + " | ".join(f"step {s}" for s in steps) + " |",
+             "|---" * (len(steps) + 1) + "|"]
+    for name, curve in record["curves"].items():
+        lines.append(f"| `{name}` | " + " | ".join(f"{p['letter_accuracy']:.2f}" for p in curve) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--every", type=int, default=250)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--params", default="params.yaml", help="the base.model sizes are read from here")
+    parser.add_argument("--out", default="benchmarks/results/letter_pick.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model_spec = load_params(args.params)["base"]["model"]
+    curves = {name: train(name, model_spec, steps=args.steps, learning_rate=args.learning_rate,
+                          batch_size=args.batch_size, every=args.every, seed=args.seed) for name in args.formats}
+    record = {"model": (f"LlamaForCausalLM {model_spec['text_layers']} x {model_spec['text_hidden']}, "
+                        f"{model_spec['text_heads']} heads, random initialisation"),
+              "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seed": args.seed,
+              "curves": curves, "machine": machine_line()}
+    out = Path(args.out)
+    atomic_write_json(out, record)
+    out.with_suffix(".md").write_text(markdown(record))
+    print(markdown(record))
+
+
+if __name__ == "__main__":
+    main()
