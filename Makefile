@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning clean prefect-server ui
 
 install: $(STAMP)
 
@@ -101,6 +101,15 @@ bench-verdict: $(STAMP)
 	$(BIN)/dvc repro dvc.yaml:base
 	$(BIN)/python benchmarks/verdict.py --base models/base --seeds 1,2,3 --keep .cache/verdict --method answer_gain
 	$(BIN)/python benchmarks/verdict.py --base models/base --seeds 1,2,3 --keep .cache/verdict --method bye
+
+# What the embedded model does and does not learn (README, "It is a multi-task plateau"); research
+# measurements, not product targets, so not part of `bench`. About 45 minutes on a 2-core CPU.
+bench-learning: $(STAMP)
+	$(BIN)/dvc repro dvc.yaml:world dvc.yaml:base
+	$(BIN)/python benchmarks/skill_plateau.py --base models/base --setting colour --steps 1500
+	$(BIN)/python benchmarks/skill_plateau.py --base models/base --setting symbolic --steps 1000
+	$(BIN)/python benchmarks/text_oracle.py
+	$(BIN)/python benchmarks/letter_pick.py
 
 clean:
 	rm -rf data/world models metrics reports .cache runs mlflow.db mlruns
