@@ -143,14 +143,14 @@ def run_published_generate(model, processor, images, questions):
     """The public code's path: per sample, generate one token with every attention map returned."""
     from bye.detect.extract import image_token_id
     from bye.models.chat import encode_prompt
+    from bye.models.loading import to_model
 
     model.set_attn_implementation("eager")
     try:
         token = image_token_id(model, processor)
         out = []
         for image, question in zip(images, questions):
-            encoded = encode_prompt(processor, image, question).to(model.device)
-            encoded["pixel_values"] = encoded["pixel_values"].to(model.dtype)
+            encoded = to_model(model, encode_prompt(processor, image, question))
             generated = model.generate(**encoded, max_new_tokens=1, do_sample=False, output_attentions=True,
                                        return_dict_in_generate=True)
             prefill = generated.attentions[0]  # per layer (1, H, T, T)

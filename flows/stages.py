@@ -19,8 +19,8 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from bye.config import load_params
-from bye.runtime import configure as configure_runtime
 from bye.io import atomic_write_json
+from bye.runtime import configure as configure_runtime
 from bye.settings import (
     attack_settings,
     base_settings,

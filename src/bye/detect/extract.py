@@ -389,20 +389,20 @@ def image_attention(model, processor, images: Sequence[Image.Image], questions: 
 
     with evaluating(model):
         # Batches of questions of similar length: the image part is the same size for a family.
-        # One batch in flight: batch k's rows are read while batch k + 1 runs (on an accelerator;
+        # One batch in flight: batch k's rows are read once batch k + 1 is queued (on an accelerator;
         # on the CPU the copy is the tensor itself).
-        staged = []
+        previous = None
         for indices, encoded in prefetched(length_batches([len(q) for q in questions], batch_size, "attention",
                                                           progress), encode):
             inputs = prepare_inputs(model, encoded, parameters)
             if "logits_to_keep" in parameters:
                 inputs["logits_to_keep"] = 1
             _, rows = recorded_forward(model, inputs, host=False)
-            staged.append((indices, HostCopy(rows), encoded["input_ids"]))
-            if len(staged) > 1:
-                _keep_rows(per_sample, *staged.pop(0), token_id)
-        for batch in staged:
-            _keep_rows(per_sample, *batch, token_id)
+            if previous is not None:
+                _keep_rows(per_sample, *previous, token_id)
+            previous = (indices, HostCopy(rows), encoded["input_ids"])
+        if previous is not None:
+            _keep_rows(per_sample, *previous, token_id)
     return assemble(per_sample, keep_maps=keep_maps)
 
 
