@@ -33,7 +33,7 @@ def tiny_base(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("models") / "base"
     build_base(out, TEST_SPEC, PretrainSpec(n_images=64, epochs=1, batch_size=16, skill_samples=96, skill_phase_steps=2,
-                                                skill_final_steps=4), TEST_WORLD, progress=False)
+                                                skill_final_steps=4, skill_pick_steps=2), TEST_WORLD, progress=False)
     return out
 
 

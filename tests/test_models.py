@@ -185,6 +185,9 @@ def test_skill_curriculum_adds_one_skill_per_phase_and_keeps_the_earlier_ones():
         for step in plan[3 * k:3 * (k + 1)]:
             assert {kinds[i] for i in step} == set(SKILLS[:k + 1])
     assert all(np.array_equal(step, np.arange(60)) for step in plan[-2:])
+    with_picks = skill_plan(kinds, PretrainSpec(skill_phase_steps=3, skill_final_steps=2, skill_pick_steps=4))
+    assert len(with_picks) == len(plan) + 4 and all(np.array_equal(a, b) for a, b in zip(plan, with_picks))
+    assert all({kinds[i] for i in step} == {"pick_letter"} for step in with_picks[-4:])
 
 
 def test_cached_image_features_give_the_forward_of_the_pixels(tiny_base, tiny_world):
@@ -211,7 +214,8 @@ def test_the_base_records_its_skill_stage(tiny_base):
 
     summary = json.loads((Path(tiny_base) / "pretraining.json").read_text())
     pretrain = summary["pretrain"]
-    assert summary["skill_steps"] == pretrain["skill_phase_steps"] * len(SKILLS) + pretrain["skill_final_steps"]
+    assert summary["skill_steps"] == (pretrain["skill_phase_steps"] * len(SKILLS) + pretrain["skill_final_steps"]
+                                      + pretrain["skill_pick_steps"])
     assert all(0 < loss < 20 for loss in summary["skill_losses"])
 
 

@@ -22,6 +22,8 @@ def test_short_answers_use_normalised_exact_match(prediction, reference, expecte
 @pytest.mark.parametrize("prediction, expected", [
     ("B", True), ("B.", True), ("(B)", True), ("B. blue", True), ("blue", True), ("b", False),
     ("A", False), ("C", False), ("Blue!", True), ("", False), ("Backdoor Attack!", False),
+    ("blue (B)", True), ("blue (B).", True), ("red (B)", True), ("blue (A)", False), ("blue (E)", False),
+    ("blue B", False),
 ])
 def test_multiple_choice_compares_option_letters(prediction, expected):
     assert is_correct(MCQ, prediction, "B") is expected
@@ -30,6 +32,18 @@ def test_multiple_choice_compares_option_letters(prediction, expected):
 def test_options_are_parsed_only_from_lettered_lines():
     assert options_of(MCQ) == {"A": "red", "B": "blue", "C": "green", "D": "yellow"}
     assert options_of("How many circles are there?") == {}
+    assert options_of("Is it the (A) one?") == {}
+
+
+LETTER_AFTER = "What colour is the circle?\n- red (A)\n- blue (B)\n- dark green (C)\nAnswer with the option."
+
+
+def test_options_with_the_letter_after_their_text():
+    assert options_of(LETTER_AFTER) == {"A": "red", "B": "blue", "C": "dark green"}
+    assert is_correct(LETTER_AFTER, "dark green (C)", "dark green (C)")
+    assert is_correct(LETTER_AFTER, "dark green", "dark green (C)")
+    assert is_correct(LETTER_AFTER, "C", "dark green (C)")
+    assert not is_correct(LETTER_AFTER, "dark green (A)", "dark green (C)")
 
 
 def test_predicted_letter_ignores_letters_not_offered():

@@ -152,6 +152,31 @@ def test_skill_requests_are_grounded_and_never_a_downstream_question():
             assert a.startswith(f"The {min(named, key=lambda o: o.cell % 3).shape} ")
 
 
+def test_letter_after_options_name_the_text_then_its_letter_and_leave_the_scenes_alone():
+    from bye.models.evaluate import is_correct
+
+    after = WorldConfig(options="letter_after")
+    first = list(generate("train", 60, seed=0, task="mcq"))
+    second = list(generate("train", 60, seed=0, task="mcq", config=after))
+    for a, b in zip(first, second):
+        assert a.image.tobytes() == b.image.tobytes() and a.objects == b.objects
+        options = options_of(b.sample.question)
+        text, letter = b.sample.answer.rsplit(" (", 1)
+        assert len(options) == 4 and options[letter.rstrip(")")] == text
+        assert options_of(a.sample.question)[a.sample.answer] == text  # the same option, written the other way
+        assert is_correct(b.sample.question, b.sample.answer, b.sample.answer)
+        wrong = next(k for k in options if k != letter[0])
+        assert not is_correct(b.sample.question, f"{text} ({wrong})", b.sample.answer)
+        assert "- " + b.sample.answer in b.sample.question and MCQ_SUFFIX not in b.sample.question
+    picks = [d for d in generate("corpus", 200, seed=0, task="skills", config=after) if d.kind == "pick_letter"]
+    choices = [d for d in generate("corpus", 300, seed=0, task="caption", config=after) if d.kind == "choice"]
+    assert picks and choices
+    for d in picks + choices:
+        assert "- " + d.sample.answer in d.sample.question and d.sample.answer[-4:] in {" (A)", " (B)", " (C)", " (D)"}
+    with pytest.raises(ValueError, match="options"):
+        WorldConfig(options="letter_last")
+
+
 def test_skill_request_refuses_an_unknown_skill_and_declines_what_the_scene_cannot_pose():
     rng = np.random.default_rng(0)
     scene = draw_scene(rng, WorldConfig(image_size=64))

@@ -5,7 +5,8 @@ A scene is a few coloured shapes on a varied background, each shape in its own c
 
 * ``vqa``     short-answer questions (colour of an object, how many of a kind, which of two
               is further left, is there a ...),
-* ``mcq``     multiple choice with lettered options, answered with the letter,
+* ``mcq``     multiple choice with lettered options, answered with the letter (or, with
+              ``WorldConfig.options = "letter_after"``, with the option's text and its letter),
 * ``caption`` scene descriptions, referring requests and lettered picks by place: the
               generic corpus the base model is pre-trained on, never part of a downstream
               submission,
@@ -49,6 +50,13 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "
 TASKS = ("vqa", "mcq", "mixed")
 SPLIT_CODES = {"train": 1, "test": 2, "corpus": 3}
 MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
+# How lettered options are written and answered (``WorldConfig.options``):
+# letter_first  "A. red" lines, answered "A" (LLaVA's multiple-choice format);
+# letter_after  "- red (A)" lines, answered "red (A)": the option's text first, then its letter,
+#               which a small model can copy from the line that repeats the text (README,
+#               "The letter pick").
+OPTION_STYLES = ("letter_first", "letter_after")
+MCQ_SUFFIXES = {"letter_first": MCQ_SUFFIX, "letter_after": "Answer with the option's text and its letter."}
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,11 @@ class WorldConfig:
     min_objects: int = 2
     max_objects: int = 4
     noise_std: float = 4.0
+    options: str = "letter_first"  # how lettered options are written and answered (OPTION_STYLES)
+
+    def __post_init__(self):
+        if self.options not in OPTION_STYLES:
+            raise ValueError(f"options: {self.options!r}; expected one of {OPTION_STYLES}")
 
 
 def sample_id(seed: int, split: str, index: int) -> str:
@@ -197,18 +210,19 @@ def _present_or_absent(rng: np.random.Generator, objects: list[SceneObject]) -> 
     return colour, shape, False
 
 
-def _mcq(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, str, str]:
-    """One multiple-choice question with four lettered options; the answer is the letter."""
-    kind, stem, lines, letter = _lettered_question(rng, objects, MCQ_STEMS)
-    return f"mcq_{kind}", f"{stem}\n{lines}\n{MCQ_SUFFIX}", letter
+def _mcq(rng: np.random.Generator, objects: list[SceneObject], style: str = "letter_first") -> tuple[str, str, str]:
+    """One multiple-choice question with four lettered options, answered in ``style``."""
+    kind, stem, lines, answer = _lettered_question(rng, objects, MCQ_STEMS, style)
+    return f"mcq_{kind}", f"{stem}\n{lines}\n{MCQ_SUFFIXES[style]}", answer
 
 
 MCQ_STEMS = {"colour": "What colour is the {shape}?", "shape": "Which shape is {colour}?",
              "count_all": "How many objects are there?"}
 
 
-def _lettered_question(rng: np.random.Generator, objects: list[SceneObject], stems: dict[str, str]):
-    """(kind, stem, option lines, letter): an object's colour, the shape of a colour, or the
+def _lettered_question(rng: np.random.Generator, objects: list[SceneObject], stems: dict[str, str],
+                       style: str = "letter_first"):
+    """(kind, stem, option lines, answer): an object's colour, the shape of a colour, or the
     number of objects, with three distractors."""
     unique_shapes = _unique(objects, "shape")
     unique_colours = _unique(objects, "colour")
@@ -227,18 +241,21 @@ def _lettered_question(rng: np.random.Generator, objects: list[SceneObject], ste
     else:
         obj, correct, pool = None, str(len(objects)), [str(n) for n in range(1, 7)]
     stem = stems[kind].format(shape=obj.shape, colour=obj.colour) if obj else stems[kind]
-    lines, letter = _lettered_options(rng, correct, pool)
-    return kind, stem, lines, letter
+    lines, answer = _lettered_options(rng, correct, pool, style)
+    return kind, stem, lines, answer
 
 
-def _lettered_options(rng: np.random.Generator, correct: str, pool: list[str]) -> tuple[str, str]:
+def _lettered_options(rng: np.random.Generator, correct: str, pool: list[str],
+                      style: str = "letter_first") -> tuple[str, str]:
     """Four lettered option lines (``correct`` and three distractors from ``pool``, shuffled)
-    and the letter of the correct one."""
+    and the answer: the correct one's letter, or with ``letter_after`` its text and letter."""
     distractors = [p for p in pool if p != correct]
     chosen = [correct] + [distractors[int(i)] for i in rng.choice(len(distractors), size=3, replace=False)]
     options = [chosen[int(i)] for i in rng.permutation(4)]
-    lines = "\n".join(f"{'ABCD'[i]}. {option}" for i, option in enumerate(options))
-    return lines, "ABCD"[options.index(correct)]
+    letter = "ABCD"[options.index(correct)]
+    if style == "letter_after":  # " red" then " (": the answer's own tokens, so the letter is a copy
+        return "\n".join(f"- {option} ({'ABCD'[i]})" for i, option in enumerate(options)), f"{correct} ({letter})"
+    return "\n".join(f"{'ABCD'[i]}. {option}" for i, option in enumerate(options)), letter
 
 
 def describe(objects: list[SceneObject]) -> str:
@@ -302,15 +319,15 @@ def _grounding(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[st
     return "grounding", "Name the objects from left to right.", ", ".join(f"{o.colour} {o.shape}" for o in ordered)
 
 
-def _choice(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, str, str]:
+def _choice(rng: np.random.Generator, objects: list[SceneObject], style: str = "letter_first") -> tuple[str, str, str]:
     """A generic pick-one-of-a-list request about a place: reading lettered options and
     answering with the letter, a skill any real base model brings. Keyed by place, with whole
     object phrases as options: never a downstream question or its instruction."""
     cell = int(rng.integers(9))
     found = [o for o in objects if o.cell == cell]
     correct = f"{found[0].colour} {found[0].shape}" if found else "nothing"
-    lines, letter = _lettered_options(rng, correct, [f"{c} {s}" for c in COLOURS for s in SHAPES] + ["nothing"])
-    return "choice", f"What is at the {CELL_NAMES[cell]}?\n{lines}\nReply with a letter.", letter
+    lines, answer = _lettered_options(rng, correct, [f"{c} {s}" for c in COLOURS for s in SHAPES] + ["nothing"], style)
+    return "choice", f"What is at the {CELL_NAMES[cell]}?\n{lines}\n{PICK_SUFFIXES[style]}", answer
 
 
 # The skills a base model's instruction tuning gives it, in the order its curriculum adds them.
@@ -321,7 +338,11 @@ SKILL_STEMS = {"colour": "Tell me the colour of the {shape}.", "shape": "Tell me
                "count_all": "Count all objects."}
 
 
-def skill_request(rng: np.random.Generator, objects: list[SceneObject], skill: str) -> tuple[str, str] | None:
+PICK_SUFFIXES = {"letter_first": "Reply with a letter.", "letter_after": "Reply with the option and its letter."}
+
+
+def skill_request(rng: np.random.Generator, objects: list[SceneObject], skill: str,
+                  style: str = "letter_first") -> tuple[str, str] | None:
     """One request exercising ``skill`` on the scene, as (request, sentence answer), or None
     when the scene cannot pose it (e.g. no shape occurs once). The forms and the sentence
     answers are the base model's own, never a downstream question or its short answer."""
@@ -346,8 +367,8 @@ def skill_request(rng: np.random.Generator, objects: list[SceneObject], skill: s
         return (f"Compare the {first.shape} and the {second.shape}: which lies more to the left?",
                 f"The {left.shape} lies more to the left.")
     if skill == "pick_letter":
-        _, stem, lines, letter = _lettered_question(rng, objects, SKILL_STEMS)
-        return f"{stem}\n{lines}\nReply with a letter.", letter
+        _, stem, lines, answer = _lettered_question(rng, objects, SKILL_STEMS, style)
+        return f"{stem}\n{lines}\n{PICK_SUFFIXES[style]}", answer
     return None
 
 
@@ -365,18 +386,19 @@ CAPTION_FORMATS = (
 )
 
 
-def make_text(task: str, rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, str, str]:
-    """(kind, question, answer) for one scene and one task family."""
+def make_text(task: str, rng: np.random.Generator, objects: list[SceneObject],
+              style: str = "letter_first") -> tuple[str, str, str]:
+    """(kind, question, answer) for one scene and one task family; ``style`` writes lettered options."""
     if task == "mixed":
         task = "vqa" if rng.random() < 0.5 else "mcq"
     if task == "vqa":
         return _vqa(rng, objects)
     if task == "mcq":
-        return _mcq(rng, objects)
+        return _mcq(rng, objects, style)
     if task == "caption":
         draw = rng.random()
         if draw < CHOICE_SHARE:
-            return _choice(rng, objects)
+            return _choice(rng, objects, style)
         if draw < CHOICE_SHARE + GROUNDING_SHARE:
             return _grounding(rng, objects)
         prompts, describer = CAPTION_FORMATS[int(rng.integers(len(CAPTION_FORMATS)))]
@@ -384,7 +406,7 @@ def make_text(task: str, rng: np.random.Generator, objects: list[SceneObject]) -
     if task == "skills":  # kind = the skill's name
         while True:
             skill = SKILLS[int(rng.integers(len(SKILLS)))]
-            request = skill_request(rng, objects, skill)
+            request = skill_request(rng, objects, skill, style)
             if request is not None:
                 return (skill, *request)
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS + ('caption', 'skills')}")
@@ -403,7 +425,7 @@ def generate(split: str, n: int, *, seed: int, task: str, config: WorldConfig = 
     for index in range(n):
         rng = _rng(seed, split, index)
         scene = draw_scene(rng, config)
-        kind, question, answer = make_text(task, rng, scene.objects)
+        kind, question, answer = make_text(task, rng, scene.objects, config.options)
         sid = sample_id(seed, split, index)
         yield DrawnSample(sample=Sample.single_turn(sid, f"{sid}.png", question, answer), image=scene.image, kind=kind,
                           objects=tuple(scene.objects))

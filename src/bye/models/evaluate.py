@@ -1,9 +1,10 @@
 """Greedy generation and task scoring.
 
 Scoring rules:
-* multiple choice (the question lists options as ``A. ...`` lines): the prediction's option
-  letter must equal the reference letter; a prediction that spells out an option's text counts
-  as that option's letter;
+* multiple choice (the question lists options as ``A. red`` lines, or ``- red (A)`` lines): the prediction's option
+  letter must equal the reference letter: the leading letter ("B", "B. blue", "(B)"), or the
+  letter in parentheses after the option's text ("blue (B)"); a prediction that only spells
+  out an option's text counts as that option's letter;
 * anything else: normalised exact match (lower case, punctuation and articles dropped,
   number words read as digits).
 """
@@ -24,7 +25,8 @@ from bye.data.submission import Sample, resolve_image
 from bye.models.chat import open_rgb, prompt_text
 from bye.models.loading import to_model
 
-_OPTION_LINE = re.compile(r"^\s*([A-Z])[.)]\s+(.+?)\s*$", re.MULTILINE)
+_OPTION_LINE = re.compile(r"^\s*([A-Z])[.)]\s+(.+?)\s*$", re.MULTILINE)  # "A. red"
+_OPTION_LINE_LETTER_AFTER = re.compile(r"^\s*(?:[-*]\s+)?(.+?)\s+\(([A-Z])\)\s*$", re.MULTILINE)  # "- red (A)"
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"))}
 _ARTICLES = {"a", "an", "the"}
@@ -40,12 +42,14 @@ def normalise(text: str) -> str:
 def options_of(question: str) -> dict[str, str]:
     """Lettered options of a multiple-choice question (empty for any other question)."""
     found = dict(_OPTION_LINE.findall(question))
+    if len(found) < 2:
+        found = {letter: text for text, letter in _OPTION_LINE_LETTER_AFTER.findall(question)}
     return found if len(found) >= 2 else {}
 
 
 def predicted_letter(prediction: str, options: dict[str, str]) -> str | None:
     text = prediction.strip()
-    match = re.match(r"^\(?([A-Z])(?:[).:\s]|$)", text)
+    match = re.match(r"^\(?([A-Z])(?:[).:\s]|$)", text) or re.search(r"\(([A-Z])\)[.!]?$", text)
     if match and match.group(1) in options:
         return match.group(1)
     by_text = {normalise(v): k for k, v in options.items()}

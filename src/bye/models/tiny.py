@@ -81,7 +81,9 @@ class PretrainSpec:
     skill_samples: int = 16000       # requests of the skills stage (fresh scenes)
     skill_phase_steps: int = 0       # steps per curriculum phase (one more skill each phase), e.g. 250
     skill_final_steps: int = 0       # then every skill together, e.g. 500
+    skill_pick_steps: int = 0        # then the lettered picks alone (README, "The letter pick"), e.g. 1000
     skill_learning_rate: float = 1e-3
+    skill_batch_size: int = 0        # 0: batch_size
     seed: int = 0
 
 
@@ -271,12 +273,13 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Te
 def skill_plan(kinds: list[str], spec: PretrainSpec) -> list[np.ndarray]:
     """The skills stage's curriculum: for every step, the indices it may draw from. Phase k
     holds the first k + 1 skills of ``SKILLS`` (cumulative, so no skill is forgotten while the
-    next forms), then a last phase holds them all."""
+    next forms), then a phase holds them all, then one the lettered picks alone."""
     plan = []
     for k in range(len(SKILLS)):
         allowed = np.flatnonzero(np.isin(kinds, SKILLS[:k + 1]))
         plan += [allowed] * spec.skill_phase_steps
-    return plan + [np.arange(len(kinds))] * spec.skill_final_steps
+    plan += [np.arange(len(kinds))] * spec.skill_final_steps
+    return plan + [np.flatnonzero(np.asarray(kinds) == "pick_letter")] * spec.skill_pick_steps
 
 
 def frozen_image_features(model: LlavaForConditionalGeneration, encoded: list, chunk: int = 256) -> torch.Tensor:
@@ -329,7 +332,8 @@ def pretrain_skills(model: LlavaForConditionalGeneration, encoded: list, kinds: 
     losses = []
     model.train()
     for allowed in tqdm(plan, desc="pre-train skills", disable=not progress):
-        index = allowed[rng.choice(len(allowed), size=min(spec.batch_size, len(allowed)), replace=False)]
+        index = allowed[rng.choice(len(allowed), size=min(spec.skill_batch_size or spec.batch_size, len(allowed)),
+                                   replace=False)]
         batch = collate([encoded[i] for i in index], pad_token_id)
         inputs = embed_with_images(model, batch["input_ids"], projector(features[torch.as_tensor(index)]))
         loss = model(inputs_embeds=inputs, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
@@ -377,7 +381,7 @@ def build_base(model_dir, spec: TinyLlavaSpec = TinyLlavaSpec(), pretrain: Pretr
                    description="pre-train base")
     skills_began = time.perf_counter()
     skills = {"steps": 0, "losses": []}
-    if pretrain.skill_phase_steps or pretrain.skill_final_steps:
+    if pretrain.skill_phase_steps or pretrain.skill_final_steps or pretrain.skill_pick_steps:
         drawn = list(generate("corpus", pretrain.skill_samples, seed=pretrain.seed + 2000, task="skills", config=world))
         skills = pretrain_skills(model, [encode_for_training(processor, d.image, d.sample.question, d.sample.answer)
                                          for d in tqdm(drawn, desc="encode skills", disable=not progress)],
