@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes clean prefect-server ui
 
 install: $(STAMP)
 
@@ -110,6 +110,15 @@ bench-learning: $(STAMP)
 	$(BIN)/python benchmarks/skill_plateau.py --base models/base --setting symbolic --steps 1000
 	$(BIN)/python benchmarks/text_oracle.py
 	$(BIN)/python benchmarks/letter_pick.py
+
+# Base recipes through the product's steps, timed (README, "The letter pick, through the product path");
+# research measurements, not part of `bench`. About 15 minutes on a 2-core CPU.
+SKILLS9 := --set world.scene.options=letter_after --set base.model.image_size=48 --set base.model.patch_size=16 \
+  --set base.pretrain.epochs=2 --set base.pretrain.skill_samples=12000 --set base.pretrain.skill_phase_steps=150 \
+  --set base.pretrain.skill_final_steps=300 --set base.pretrain.skill_pick_steps=800
+bench-recipes: $(STAMP)
+	$(BIN)/python benchmarks/base_recipe.py --name demo
+	$(BIN)/python benchmarks/base_recipe.py --name skills9 $(SKILLS9)
 
 clean:
 	rm -rf data/world models metrics reports .cache runs mlflow.db mlruns

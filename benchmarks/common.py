@@ -48,3 +48,15 @@ def machine_line() -> str:
     info = machine()
     return (f"{platform.machine()}, {info['cpu_count']} cores, Python {info['python']}, "
             + (f"GPU {info['gpu']}" if "gpu" in info else "no GPU"))
+
+
+def question_kind(question: str) -> str:
+    """The world's question kind (colour, count, left, exists, shape), ``mcq_`` first when lettered."""
+    from bye.models.evaluate import options_of
+
+    prefix = "mcq_" if options_of(question) else ""
+    for kind, marker in (("colour", "colour"), ("count", "How many"), ("left", "left"), ("exists", "Is there"),
+                         ("shape", "Which shape")):
+        if marker in question:
+            return prefix + kind
+    return prefix + "other"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import machine_line, world_arguments
+from common import machine_line, question_kind, world_arguments
 from transformers import AutoModelForImageTextToText, AutoProcessor, get_cosine_schedule_with_warmup
 
 from bye.data.world import generate
@@ -32,15 +32,6 @@ from bye.io import atomic_write_json
 from bye.models.chat import collate, encode_for_training
 from bye.models.tiny import embed_with_images, frozen_image_features
 from bye.models.training import optimizer_step
-
-
-def question_kind(question: str) -> str:
-    prefix = "mcq_" if "\nA." in question else ""
-    for kind, marker in (("colour", "colour"), ("count", "How many"), ("left", "left"), ("exists", "Is there"),
-                         ("shape", "Which shape")):
-        if marker in question:
-            return prefix + kind
-    return prefix + "other"
 
 
 def main() -> None:

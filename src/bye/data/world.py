@@ -57,6 +57,7 @@ MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
 #               "The letter pick").
 OPTION_STYLES = ("letter_first", "letter_after")
 MCQ_SUFFIXES = {"letter_first": MCQ_SUFFIX, "letter_after": "Answer with the option's text and its letter."}
+PICK_SUFFIXES = {"letter_first": "Reply with a letter.", "letter_after": "Reply with the option and its letter."}  # the base's own
 
 
 @dataclass(frozen=True)
@@ -336,9 +337,6 @@ SKILLS = ("read_colour", "name_shape", "count", "look_for", "compare_left", "pic
 
 SKILL_STEMS = {"colour": "Tell me the colour of the {shape}.", "shape": "Tell me which shape is {colour}.",
                "count_all": "Count all objects."}
-
-
-PICK_SUFFIXES = {"letter_first": "Reply with a letter.", "letter_after": "Reply with the option and its letter."}
 
 
 def skill_request(rng: np.random.Generator, objects: list[SceneObject], skill: str,
