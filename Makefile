@@ -118,7 +118,9 @@ SKILLS9 := --set world.scene.options=letter_after --set base.model.image_size=48
   --set base.pretrain.skill_final_steps=300 --set base.pretrain.skill_pick_steps=800
 bench-recipes: $(STAMP)
 	$(BIN)/python benchmarks/base_recipe.py --name demo
-	$(BIN)/python benchmarks/base_recipe.py --name skills9 $(SKILLS9)
+	$(BIN)/python benchmarks/base_recipe.py --name skills9 $(SKILLS9) --keep .cache/recipes/skills9
+	$(BIN)/python benchmarks/letter_copy.py --name skills9 --base .cache/recipes/skills9/base \
+	  --adapter .cache/recipes/skills9/adapter --world .cache/recipes/skills9/world
 
 clean:
 	rm -rf data/world models metrics reports .cache runs mlflow.db mlruns
