@@ -19,7 +19,6 @@ base and adapter go to a temporary folder, or to ``--keep DIR``.
 from __future__ import annotations
 
 import argparse
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from common import machine, machine_line, question_kind
 from bye.config import load_params
 from bye.data.world import write_world
 from bye.io import atomic_write_json, atomic_write_text
-from bye.models.evaluate import accuracy_report, evaluate_samples, options_of, predicted_letter
+from bye.models.evaluate import accuracy_report, evaluate_samples, letter_after_text, options_of, predicted_letter
 from bye.models.finetune import finetune
 from bye.models.loading import load_for_inference
 from bye.models.tiny import build_base
@@ -54,11 +53,11 @@ def with_overrides(params: dict, assignments: list[str]) -> dict:
 def option_named(row: dict) -> bool | None:
     """For an answer written "text (L)": whether its text names the reference's option."""
     options = options_of(row["question"])
-    if not options or not re.search(r"\([A-Z]\)$", row["reference"].strip()):
+    if not options or letter_after_text(row["reference"]) is None:
         return None
-    text = re.sub(r"\s*\([A-Z]\)[.!]?$", "", row["prediction"].strip())
+    named = letter_after_text(row["prediction"])
     reference = predicted_letter(row["reference"], options)
-    return reference is not None and predicted_letter(text, options) == reference
+    return reference is not None and predicted_letter(named[0] if named else row["prediction"], options) == reference
 
 
 def report(rows: list[dict]) -> dict:

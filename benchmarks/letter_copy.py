@@ -15,7 +15,6 @@ Writes ``benchmarks/results/letter_copy_NAME.json`` (with the machine).
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from common import machine_line, question_kind
 from bye.data.submission import read_manifest
 from bye.io import atomic_write_json
 from bye.models.chat import collate, encode_for_training, open_rgb
-from bye.models.evaluate import options_of
+from bye.models.evaluate import letter_after_text, options_of
 from bye.models.loading import load_for_inference, to_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -43,24 +42,24 @@ def main() -> None:
     letters = {tokenizer.convert_tokens_to_ids(letter) for letter in "ABCD"}
     kinds: dict[str, dict[str, list]] = {}
     for sample in read_manifest(args.world / "test.json"):
-        answer = re.fullmatch(r"(.+) \(([A-Z])\)", sample.answer.strip())
+        answer = letter_after_text(sample.answer)
         if not options_of(sample.question) or answer is None:
             continue
+        text, letter = answer
         encoded = encode_for_training(processor, open_rgb(args.world / "images" / sample.image), sample.question,
-                                      f"{answer.group(1)} (")
+                                      f"{text} (")
         batch = collate([encoded], tokenizer.pad_token_id)
         ids = batch["input_ids"][0]
         end = len(ids) - int(ids[-1] == tokenizer.eos_token_id)  # the partial answer, without its end token
-        prompt_end = end - len(tokenizer(f" {answer.group(1)} (", add_special_tokens=False)["input_ids"])
         inputs = to_model(model, {"input_ids": batch["input_ids"][:, :end], "attention_mask": batch["attention_mask"][:, :end],
                                   "pixel_values": encoded.vision["pixel_values"]})
         with torch.no_grad():
             out = model(**inputs, output_attentions=True)
         image = (ids[:end] == model.config.image_token_index).numpy()
-        option_letters = np.array([int(t) in letters for t in ids[:end]]) & (np.arange(end) < prompt_end)
+        option_letters = np.array([int(t) in letters for t in ids[:end]]) & (np.arange(end) < encoded.prompt_length)
         rows = [a[0, :, -1].float().mean(0).cpu().numpy() for a in out.attentions]
         record = kinds.setdefault(question_kind(sample.question), {"hit": [], "image": [], "letters": []})
-        record["hit"].append(tokenizer.decode([int(out.logits[0, -1].argmax())]).strip() == answer.group(2))
+        record["hit"].append(tokenizer.decode([int(out.logits[0, -1].argmax())]).strip() == letter)
         record["image"].append([float(r[image].sum()) for r in rows])
         record["letters"].append([float(r[option_letters].sum()) for r in rows])
     result = {"name": args.name, "base": str(args.base), "adapter": str(args.adapter), "machine": machine_line(),

@@ -27,6 +27,7 @@ from bye.models.loading import to_model
 
 _OPTION_LINE = re.compile(r"^\s*([A-Z])[.)]\s+(.+?)\s*$", re.MULTILINE)  # "A. red"
 _OPTION_LINE_LETTER_AFTER = re.compile(r"^\s*(?:[-*]\s+)?(.+?)\s+\(([A-Z])\)\s*$", re.MULTILINE)  # "- red (A)"
+_LETTER_AFTER_TEXT = re.compile(r"(.*?)\s*\(([A-Z])\)[.!]?", re.DOTALL)  # an answer "red (A)"
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"))}
 _ARTICLES = {"a", "an", "the"}
@@ -47,11 +48,18 @@ def options_of(question: str) -> dict[str, str]:
     return found if len(found) >= 2 else {}
 
 
+def letter_after_text(answer: str) -> tuple[str, str] | None:
+    """``(text, letter)`` of an answer written "red (A)" (a final "." or "!" allowed), else None."""
+    match = _LETTER_AFTER_TEXT.fullmatch(answer.strip())
+    return (match.group(1), match.group(2)) if match else None
+
+
 def predicted_letter(prediction: str, options: dict[str, str]) -> str | None:
     text = prediction.strip()
-    match = re.match(r"^\(?([A-Z])(?:[).:\s]|$)", text) or re.search(r"\(([A-Z])\)[.!]?$", text)
-    if match and match.group(1) in options:
-        return match.group(1)
+    leading = re.match(r"^\(?([A-Z])(?:[).:\s]|$)", text)
+    letter = leading.group(1) if leading else (letter_after_text(text) or (None, None))[1]
+    if letter in options:
+        return letter
     by_text = {normalise(v): k for k, v in options.items()}
     return by_text.get(normalise(text))
 

@@ -86,6 +86,11 @@ class PretrainSpec:
     skill_batch_size: int = 0        # 0: batch_size
     seed: int = 0
 
+    @property
+    def skill_steps(self) -> int:
+        """Steps of the skills stage (``skill_plan``'s length); 0: no skills stage."""
+        return len(SKILLS) * self.skill_phase_steps + self.skill_final_steps + self.skill_pick_steps
+
 
 def tokenizer_corpus(seed: int, n: int = 2000) -> Iterable[str]:
     """Text of the world's language (prompts, questions, captions), used only to learn merges."""
@@ -381,7 +386,7 @@ def build_base(model_dir, spec: TinyLlavaSpec = TinyLlavaSpec(), pretrain: Pretr
                    description="pre-train base")
     skills_began = time.perf_counter()
     skills = {"steps": 0, "losses": []}
-    if pretrain.skill_phase_steps or pretrain.skill_final_steps or pretrain.skill_pick_steps:
+    if pretrain.skill_steps:
         drawn = list(generate("corpus", pretrain.skill_samples, seed=pretrain.seed + 2000, task="skills", config=world))
         skills = pretrain_skills(model, [encode_for_training(processor, d.image, d.sample.question, d.sample.answer)
                                          for d in tqdm(drawn, desc="encode skills", disable=not progress)],
