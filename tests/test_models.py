@@ -267,3 +267,37 @@ def test_the_fine_tune_order_is_a_setting_that_changes_the_adapter(tiny_base, ti
     with pytest.raises(ValueError, match="encoded samples"):
         finetune(tiny_world / "train.json", tiny_world / "images", tiny_base, tmp_path / "short", settings,
                  progress=False, samples=samples, encoded=encoded[:-1])
+
+
+def test_patch_pixels_are_what_the_towers_patch_embedding_reads(tiny_base):
+    from bye.models.tiny import patch_pixels
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_base).eval()
+    embed = next(m for m in model.model.vision_tower.modules() if isinstance(m, torch.nn.Conv2d))  # kernel = stride
+    pixels = torch.randn(2, 3, model.config.vision_config.image_size, model.config.vision_config.image_size)
+    with torch.no_grad():
+        by_conv = torch.nn.functional.conv2d(pixels, embed.weight, stride=embed.stride).flatten(2).transpose(1, 2)
+        by_patches = patch_pixels(pixels, embed.kernel_size[0]) @ embed.weight.reshape(embed.out_channels, -1).T
+    torch.testing.assert_close(by_patches, by_conv, atol=1e-5, rtol=1e-5)
+
+
+def test_the_pixel_objective_changes_the_vision_stage_and_lowers_its_own_error():
+    from conftest import TEST_SPEC, TEST_WORLD
+
+    from bye.data.world import generate
+    from bye.models.tiny import PretrainSpec, build_model, build_processor, pretrain_vision, train_tokenizer
+
+    tokenizer = train_tokenizer(["a b c red circle"], 300)
+    drawn = list(generate("corpus", 32, seed=0, task="caption", config=TEST_WORLD))
+    processor = build_processor(tokenizer, TEST_SPEC)
+    pixels = torch.cat([processor.image_processor(d.image, return_tensors="pt")["pixel_values"] for d in drawn])
+    towers, results = {}, {}
+    for weight in (0.0, 1.0):
+        model = build_model(tokenizer, TEST_SPEC, seed=0)
+        spec = PretrainSpec(vision_epochs=8, batch_size=16, vision_pixel_weight=weight)
+        results[weight] = pretrain_vision(model, pixels, [d.objects for d in drawn], spec, progress=False)
+        towers[weight] = model.model.vision_tower.state_dict()
+    assert any(not torch.equal(towers[0.0][k], towers[1.0][k]) for k in towers[0.0])
+    assert results[0.0]["pixel_losses"] == []
+    rebuilt = results[1.0]["pixel_losses"]
+    assert len(rebuilt) == len(results[1.0]["losses"]) and rebuilt[-1] < 0.5 * rebuilt[0]

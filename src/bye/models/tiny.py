@@ -70,6 +70,7 @@ class PretrainSpec:
     n_images: int = 3000
     vision_epochs: float = 8
     vision_learning_rate: float = 2e-3
+    vision_pixel_weight: float = 0.0  # > 0: the vision stage also rebuilds every patch's pixels from its feature
     epochs: float = 4
     batch_size: int = 32
     learning_rate: float = 2e-3
@@ -224,6 +225,14 @@ def _cell_targets(objects) -> list[list[int]]:
     return targets
 
 
+def patch_pixels(pixel_values: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, patches, 3 * patch * patch), patches in the row-major order of the
+    tower's patch embedding."""
+    b, c = pixel_values.shape[:2]
+    tiles = pixel_values.unfold(2, patch, patch).unfold(3, patch, patch)  # (B, C, rows, cols, p, p)
+    return tiles.permute(0, 2, 3, 1, 4, 5).reshape(b, tiles.shape[2] * tiles.shape[3], c * patch * patch)
+
+
 def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor, objects: list,
                     spec: PretrainSpec, *, progress: bool = True) -> list[float]:
     """Stage 0: train the vision tower alone to name what sits in each cell of the scene grid.
@@ -239,7 +248,11 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Te
     hidden = tower.config.hidden_size
     heads = torch.nn.Linear(hidden, len(COLOURS) + 1 + len(SHAPES) + 1 + 3)
     targets = torch.tensor([_cell_targets(o) for o in objects])  # (N, 9, 3)
+    patch = tower.config.patch_size
+    pixel_head = torch.nn.Linear(hidden, 3 * patch * patch) if spec.vision_pixel_weight else None
     params = list(tower.parameters()) + list(heads.parameters())
+    if pixel_head is not None:
+        params += list(pixel_head.parameters())
     optimizer = torch.optim.AdamW(params, lr=spec.vision_learning_rate, weight_decay=spec.weight_decay)
     n = len(pixel_values)
     steps = max(1, round(spec.vision_epochs * n / spec.batch_size))
@@ -248,7 +261,7 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Te
     generator = torch.Generator().manual_seed(spec.seed)
     layer = model.config.vision_feature_layer
     splits = [len(COLOURS) + 1, len(SHAPES) + 1, 3]
-    losses = []
+    losses, pixel_losses = [], []
     tower.train()
     order = torch.randperm(n, generator=generator)
     cursor = 0
@@ -264,6 +277,10 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Te
         logits = heads(cells).split(splits, dim=-1)
         loss = sum(torch.nn.functional.cross_entropy(l.reshape(-1, l.shape[-1]), targets[index][..., k].reshape(-1))
                    for k, l in enumerate(logits))
+        if pixel_head is not None:  # keep what is not an object (a trigger, a texture) in the patch features
+            error = torch.nn.functional.mse_loss(pixel_head(states), patch_pixels(pixel_values[index], patch))
+            loss = loss + spec.vision_pixel_weight * error
+            pixel_losses.append(float(error.detach()))
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -272,7 +289,8 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Te
         hits = torch.stack([(l.argmax(-1) == targets[index][..., k]).float().mean() for k, l in enumerate(logits)])
         accuracy = hits if not losses[:-1] else 0.9 * accuracy + 0.1 * hits
     tower.eval()
-    return {"losses": losses, "cell_accuracy": dict(zip(("colour", "shape", "size"), accuracy.tolist()))}
+    return {"losses": losses, "pixel_losses": pixel_losses,
+            "cell_accuracy": dict(zip(("colour", "shape", "size"), accuracy.tolist()))}
 
 
 def skill_plan(kinds: list[str], spec: PretrainSpec) -> list[np.ndarray]:
