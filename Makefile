@@ -116,36 +116,31 @@ bench-learning: $(STAMP)
 # and bench-recipes-budget about 90 minutes: each recipe that fits the base's 4 minutes, then the threat benchmark's
 # four triggers that plant a backdoor in the demo base, on that recipe's world and base (demo_seed1, demo_seed2: the demo's
 # recipe with other pre-training seeds).
-SKILLS9 := --set world.scene.options=letter_after --set base.model.image_size=48 --set base.model.patch_size=16 \
-  --set base.pretrain.epochs=2 --set base.pretrain.skill_samples=12000 --set base.pretrain.skill_phase_steps=150 \
+NINE_TOKENS := --set world.scene.options=letter_after --set base.model.image_size=48 --set base.model.patch_size=16 \
+  --set base.pretrain.epochs=2
+SKILLS9 := $(NINE_TOKENS) --set base.pretrain.skill_samples=12000 --set base.pretrain.skill_phase_steps=150 \
   --set base.pretrain.skill_final_steps=300 --set base.pretrain.skill_pick_steps=800
-SKILLS9_240S := --set world.scene.options=letter_after --set base.model.image_size=48 --set base.model.patch_size=16 \
-  --set base.pretrain.epochs=2 --set base.pretrain.skill_samples=8000 --set base.pretrain.skill_phase_steps=100 \
-  --set base.pretrain.skill_final_steps=300 --set base.pretrain.skill_pick_steps=200
-SKILLS64_240S := --set base.pretrain.epochs=1.5 --set base.pretrain.vision_epochs=6 --set base.pretrain.skill_samples=6000 \
-  --set base.pretrain.skill_phase_steps=50 --set base.pretrain.skill_final_steps=200
-PIXELS64 := --set base.pretrain.vision_pixel_weight=1.0
-PIXELS64_W03 := --set base.pretrain.vision_pixel_weight=0.3
-DEMO_SEED1 := --set base.pretrain.seed=1
-DEMO_SEED2 := --set base.pretrain.seed=2
-RECIPE_TRIGGERS := badnets,sig,checkerboard,dual_patch
 bench-recipes: $(STAMP)
 	$(BIN)/python benchmarks/base_recipe.py --name demo
 	$(BIN)/python benchmarks/base_recipe.py --name skills9 $(SKILLS9) --keep .cache/recipes/skills9
 	$(BIN)/python benchmarks/letter_copy.py --name skills9 --base .cache/recipes/skills9/base \
 	  --adapter .cache/recipes/skills9/adapter --world .cache/recipes/skills9/world
 
+RECIPE_skills9_240s := $(NINE_TOKENS) --set base.pretrain.skill_samples=8000 --set base.pretrain.skill_phase_steps=100 \
+  --set base.pretrain.skill_final_steps=300 --set base.pretrain.skill_pick_steps=200
+RECIPE_skills64_240s := --set base.pretrain.epochs=1.5 --set base.pretrain.vision_epochs=6 \
+  --set base.pretrain.skill_samples=6000 --set base.pretrain.skill_phase_steps=50 --set base.pretrain.skill_final_steps=200
+RECIPE_pixels64 := --set base.pretrain.vision_pixel_weight=1.0
+RECIPE_pixels64_w03 := --set base.pretrain.vision_pixel_weight=0.3
+RECIPE_demo_seed1 := --set base.pretrain.seed=1
+RECIPE_demo_seed2 := --set base.pretrain.seed=2
+BUDGET_RECIPES := skills9_240s skills64_240s pixels64 pixels64_w03 demo_seed1 demo_seed2
+RECIPE_TRIGGERS := badnets,sig,checkerboard,dual_patch
 bench-recipes-budget: $(STAMP)
-	$(BIN)/python benchmarks/base_recipe.py --name skills9_240s $(SKILLS9_240S) --keep .cache/recipes/skills9_240s
-	$(BIN)/python benchmarks/base_recipe.py --name skills64_240s $(SKILLS64_240S) --keep .cache/recipes/skills64_240s
-	$(BIN)/python benchmarks/base_recipe.py --name pixels64 $(PIXELS64) --keep .cache/recipes/pixels64
-	$(BIN)/python benchmarks/base_recipe.py --name pixels64_w03 $(PIXELS64_W03) --keep .cache/recipes/pixels64_w03
-	$(BIN)/python benchmarks/base_recipe.py --name demo_seed1 $(DEMO_SEED1) --keep .cache/recipes/demo_seed1
-	$(BIN)/python benchmarks/base_recipe.py --name demo_seed2 $(DEMO_SEED2) --keep .cache/recipes/demo_seed2
-	for recipe in skills9_240s skills64_240s pixels64 pixels64_w03 demo_seed1 demo_seed2; do \
-	  $(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/$$recipe/world \
-	    --base .cache/recipes/$$recipe/base --triggers $(RECIPE_TRIGGERS) \
-	    --out benchmarks/results/threat_$$recipe.json || exit 1; done
+	set -e; $(foreach r,$(BUDGET_RECIPES), \
+	  $(BIN)/python benchmarks/base_recipe.py --name $(r) $(RECIPE_$(r)) --keep .cache/recipes/$(r); \
+	  $(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/$(r)/world --base .cache/recipes/$(r)/base \
+	    --triggers $(RECIPE_TRIGGERS) --out benchmarks/results/threat_$(r).json;)
 
 clean:
 	rm -rf data/world models metrics reports .cache runs mlflow.db mlruns
