@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-threat-draws clean prefect-server ui
 
 install: $(STAMP)
 
@@ -114,7 +114,7 @@ bench-learning: $(STAMP)
 # Base recipes through the product's steps, timed (README, "The letter pick, through the product path" and
 # "Within the 4-minute budget"); research measurements, not part of `bench`. About 15 minutes on a 2-core CPU,
 # and bench-recipes-budget about 90 minutes: each recipe that fits the base's 4 minutes, then the threat benchmark's
-# four triggers that plant a backdoor in the demo base, on that recipe's world and base (demo_seed1, demo_seed2: the demo's
+# four triggers that plant a backdoor in the demo base, on that recipe's world and base (demo_seed1 … demo_seed4: the demo's
 # recipe with other pre-training seeds).
 NINE_TOKENS := --set world.scene.options=letter_after --set base.model.image_size=48 --set base.model.patch_size=16 \
   --set base.pretrain.epochs=2
@@ -134,13 +134,29 @@ RECIPE_pixels64 := --set base.pretrain.vision_pixel_weight=1.0
 RECIPE_pixels64_w03 := --set base.pretrain.vision_pixel_weight=0.3
 RECIPE_demo_seed1 := --set base.pretrain.seed=1
 RECIPE_demo_seed2 := --set base.pretrain.seed=2
-BUDGET_RECIPES := skills9_240s skills64_240s pixels64 pixels64_w03 demo_seed1 demo_seed2
+RECIPE_demo_seed3 := --set base.pretrain.seed=3
+RECIPE_demo_seed4 := --set base.pretrain.seed=4
+SEED_RECIPES := demo_seed1 demo_seed2 demo_seed3 demo_seed4
+BUDGET_RECIPES := skills9_240s skills64_240s pixels64 pixels64_w03 $(SEED_RECIPES)
 RECIPE_TRIGGERS := badnets,sig,checkerboard,dual_patch
 bench-recipes-budget: $(STAMP)
 	set -e; $(foreach r,$(BUDGET_RECIPES), \
 	  $(BIN)/python benchmarks/base_recipe.py --name $(r) $(RECIPE_$(r)) --keep .cache/recipes/$(r); \
 	  $(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/$(r)/world --base .cache/recipes/$(r)/base \
 	    --triggers $(RECIPE_TRIGGERS) --out benchmarks/results/threat_$(r).json;)
+
+# The demo's threat benchmark as a distribution over draws (README, "Backdoors are draws"): the demo base with another
+# LoRA seed and another poisoned subset (~17 minutes), then every draw side by side with the base seeds' runs of
+# bench-recipes-budget and the demo's own threat.json (bench-threat), which it reads.
+bench-threat-draws: $(STAMP)
+	$(BIN)/dvc repro world base
+	$(BIN)/python benchmarks/threat.py --no-gallery --triggers $(RECIPE_TRIGGERS) --set finetune.seed=1 \
+	  --out benchmarks/results/threat_demo_ft1.json
+	$(BIN)/python benchmarks/threat.py --no-gallery --triggers $(RECIPE_TRIGGERS) --set attack.seed=1 \
+	  --out benchmarks/results/threat_demo_poison1.json
+	$(BIN)/python benchmarks/threat_draws.py --name demo "base seed 0=benchmarks/results/threat.json" \
+	  $(foreach r,$(SEED_RECIPES),"base seed $(subst demo_seed,,$(r))=benchmarks/results/threat_$(r).json") \
+	  "LoRA seed 1=benchmarks/results/threat_demo_ft1.json" "poison seed 1=benchmarks/results/threat_demo_poison1.json"
 
 clean:
 	rm -rf data/world models metrics reports .cache runs mlflow.db mlruns

@@ -23,8 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-from common import machine, machine_line, question_kind
+from common import machine, machine_line, question_kind, with_overrides
 
 from bye.config import load_params
 from bye.data.world import write_world
@@ -36,18 +35,6 @@ from bye.models.tiny import build_base
 from bye.settings import base_settings, eval_settings, lora_settings, world_settings
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def with_overrides(params: dict, assignments: list[str]) -> dict:
-    """``params`` with each ``a.b.c=value`` set (the value read as YAML)."""
-    for assignment in assignments:
-        key, _, value = assignment.partition("=")
-        *path, last = key.split(".")
-        section = params
-        for part in path:
-            section = section.setdefault(part, {})
-        section[last] = yaml.safe_load(value)
-    return params
 
 
 def option_named(row: dict) -> bool | None:

@@ -8,6 +8,8 @@ import os
 import platform
 from pathlib import Path
 
+import yaml
+
 
 def world_arguments(parser: argparse.ArgumentParser, *, rate: float | None = 0.1) -> argparse.ArgumentParser:
     """``--world`` and ``--base`` (the demo's, from ``dvc repro world base``), ``--params`` and,
@@ -28,13 +30,36 @@ def cell_arguments(description: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
+def with_overrides(params: dict, assignments: list[str]) -> dict:
+    """``params`` with each ``a.b.c=value`` set (the value read as YAML)."""
+    for assignment in assignments:
+        key, _, value = assignment.partition("=")
+        *path, last = key.split(".")
+        section = params
+        for part in path:
+            section = section.setdefault(part, {})
+        section[last] = yaml.safe_load(value)
+    return params
+
+
+def cpu_model() -> str:
+    """The CPU's model name (a base built on an AMD EPYC and one built on an Intel Xeon differ in their bits)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     """The machine and software a result was measured on, as the result files record it."""
     import torch
     import transformers
 
     info = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(), "cpu": cpu_model(), "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__,
             "load_average_at_start": list(os.getloadavg())}
     if torch.cuda.is_available():
@@ -46,7 +71,7 @@ def machine() -> dict:
 def machine_line() -> str:
     """The machine a result was measured on, in one line."""
     info = machine()
-    return (f"{platform.machine()}, {info['cpu_count']} cores, Python {info['python']}, "
+    return (f"{info['cpu']}, {info['cpu_count']} cores, Python {info['python']}, "
             + (f"GPU {info['gpu']}" if "gpu" in info else "no GPU"))
 
 

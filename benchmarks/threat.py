@@ -5,7 +5,11 @@ and report clean accuracy and attack success rate on the test split, next to a f
 clean world. Writes ``benchmarks/results/threat.json`` and ``threat.md`` and a gallery PNG of
 every trigger applied to the same scene.
 
-    python benchmarks/threat.py --world data/world --base models/base [--rate 0.1] [--triggers a,b]
+    python benchmarks/threat.py --world data/world --base models/base [--rate 0.1] [--triggers a,b] \
+        [--set finetune.seed=1 --set attack.seed=1]
+
+The poisoned samples are drawn with ``attack.seed`` and the fine-tunes seeded with ``finetune.seed``;
+``--set`` overrides any ``params.yaml`` key for one run (another draw of the same recipe).
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from bye.config import build, load_params
 from bye.data.submission import read_manifest
 from bye.models.evaluate import EvalSettings, run_evaluation
 from bye.models.finetune import LoraSettings, finetune
+from bye.settings import attack_settings
 from bye.settings import trigger as trigger_from_params
-from common import machine
+from common import machine, with_overrides
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -51,12 +56,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.1)
     parser.add_argument("--triggers", type=str, default=None, help="comma-separated; default: all registered")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, default=RESULTS / "threat.json")
     parser.add_argument("--gallery", action=argparse.BooleanOptionalAction, default=True,
                         help="also draw every trigger on the world's first scene (results/triggers.png)")
     args = parser.parse_args()
 
-    params = load_params(args.params)
+    params = with_overrides(load_params(args.params), args.overrides)
     lora = build(LoraSettings, params.get("finetune"))
     settings = build(EvalSettings, params.get("eval"))
     names = args.triggers.split(",") if args.triggers else available_triggers()
@@ -64,7 +70,8 @@ def main() -> None:
     if args.gallery:
         gallery(args.world, available_triggers(), RESULTS / "triggers.png")
 
-    results: dict = {"rate": args.rate, "machine": machine(), "finetune": asdict(lora), "world": str(args.world),
+    poison_seed = attack_settings(params)["seed"]
+    results: dict = {"rate": args.rate, "overrides": args.overrides, "poison_seed": poison_seed, "machine": machine(), "finetune": asdict(lora), "world": str(args.world),
                      "base": str(args.base), "base_image_tokens": json.loads((args.base / "config.json").read_text())
                      .get("image_seq_length")}
     began = time.perf_counter()
@@ -79,7 +86,7 @@ def main() -> None:
             trigger = trigger_from_params(name, params)
             sub = tmp / name
             poison_submission(args.world / "train.json", args.world / "images", trigger, rate=args.rate,
-                              out_dir=sub, truth_json=tmp / f"{name}.truth.json", seed=0)
+                              out_dir=sub, truth_json=tmp / f"{name}.truth.json", seed=poison_seed)
             finetune(sub / "train.json", sub / "images", args.base, sub / "adapter", lora, progress=False)
             metrics = run_evaluation(args.world / "test.json", args.world / "images", args.base, sub / "adapter",
                                      settings, trigger=trigger, progress=False)
@@ -93,7 +100,8 @@ def main() -> None:
     table = "\n".join(["| trigger | ASR | clean accuracy | drop vs clean fine-tune (points) |", "|---|---|---|---|", *rows])
     args.out.with_suffix(".md").write_text(
         f"# Threat benchmark ({args.rate:.0%} poison)\n\nWorld `{args.world}`, base `{args.base}` "
-        f"({results['base_image_tokens']} image tokens). Clean fine-tune accuracy: {clean['accuracy']:.1%}. "
+        f"({results['base_image_tokens']} image tokens)"
+        + (f", overrides {', '.join(f'`{a}`' for a in args.overrides)}" if args.overrides else "") + ". Clean fine-tune accuracy: {clean['accuracy']:.1%}. "
         f"Machine: {results['machine']}. Total {results['seconds']:.0f} s.\n\n{table}\n\n"
         "Targets: ASR >= 90% with clean accuracy within 2 points of the clean fine-tune.\n")
     print(table)
