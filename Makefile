@@ -145,18 +145,26 @@ bench-recipes-budget: $(STAMP)
 	  $(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/$(r)/world --base .cache/recipes/$(r)/base \
 	    --triggers $(RECIPE_TRIGGERS) --out benchmarks/results/threat_$(r).json;)
 
-# The demo's threat benchmark as a distribution over draws (README, "Backdoors are draws"): the demo base with another
-# LoRA seed and another poisoned subset (~17 minutes), then every draw side by side with the base seeds' runs of
-# bench-recipes-budget and the demo's own threat.json (bench-threat), which it reads.
+# The demo's threat benchmark as a distribution over draws (README, "Backdoors are draws"), reading the demo's own
+# threat.json (bench-threat) and the base seeds' runs of bench-recipes-budget: the demo base rebuilt on this machine
+# (its bits depend on the CPU type), with another LoRA seed and another poisoned subset (~26 minutes); then with a
+# trainable projector on the rebuilt base (all nine triggers) and on seeds 3 and 4 (~40 minutes).
+THREAT := $(BIN)/python benchmarks/threat.py --no-gallery
+DRAWS := benchmarks/results/threat_demo
 bench-threat-draws: $(STAMP)
 	$(BIN)/dvc repro world base
-	$(BIN)/python benchmarks/threat.py --no-gallery --triggers $(RECIPE_TRIGGERS) --set finetune.seed=1 \
-	  --out benchmarks/results/threat_demo_ft1.json
-	$(BIN)/python benchmarks/threat.py --no-gallery --triggers $(RECIPE_TRIGGERS) --set attack.seed=1 \
-	  --out benchmarks/results/threat_demo_poison1.json
+	$(THREAT) --triggers $(RECIPE_TRIGGERS) --out $(DRAWS)_rebuilt.json
+	$(THREAT) --triggers $(RECIPE_TRIGGERS) --set finetune.seed=1 --out $(DRAWS)_ft1.json
+	$(THREAT) --triggers $(RECIPE_TRIGGERS) --set attack.seed=1 --out $(DRAWS)_poison1.json
 	$(BIN)/python benchmarks/threat_draws.py --name demo "base seed 0=benchmarks/results/threat.json" \
+	  "base seed 0, rebuilt=$(DRAWS)_rebuilt.json" \
 	  $(foreach r,$(SEED_RECIPES),"base seed $(subst demo_seed,,$(r))=benchmarks/results/threat_$(r).json") \
-	  "LoRA seed 1=benchmarks/results/threat_demo_ft1.json" "poison seed 1=benchmarks/results/threat_demo_poison1.json"
+	  "rebuilt, LoRA seed 1=$(DRAWS)_ft1.json" "rebuilt, poison seed 1=$(DRAWS)_poison1.json"
+	$(THREAT) --set finetune.train_projector=true --out $(DRAWS)_rebuilt_projector.json
+	set -e; $(foreach n,3 4,$(THREAT) --world .cache/recipes/demo_seed$(n)/world --base .cache/recipes/demo_seed$(n)/base \
+	  --triggers $(RECIPE_TRIGGERS) --set finetune.train_projector=true --out $(DRAWS)_seed$(n)_projector.json;)
+	$(BIN)/python benchmarks/threat_draws.py --name demo_projector "base seed 0, rebuilt=$(DRAWS)_rebuilt_projector.json" \
+	  "base seed 3=$(DRAWS)_seed3_projector.json" "base seed 4=$(DRAWS)_seed4_projector.json"
 
 clean:
 	rm -rf data/world models metrics reports .cache runs mlflow.db mlruns

@@ -36,8 +36,7 @@ def summarise(draws: dict[str, dict]) -> dict:
                      "triggers": {}}
     for name in triggers:
         asr = [draws[label][name]["asr"] for label in draws]
-        drop = [draws[label][name]["accuracy_drop"] if "accuracy_drop" in draws[label][name]
-                else draws[label]["clean"]["accuracy"] - draws[label][name]["accuracy"] for label in draws]
+        drop = [draws[label][name]["accuracy_drop"] for label in draws]
         summary["triggers"][name] = {
             "asr": dict(zip(draws, asr)), "min": min(asr), "median": statistics.median(asr), "max": max(asr),
             "draws_meeting_target": sum(a >= TARGET_ASR for a in asr),
