@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-threat-draws clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-threat-draws bench-projector clean prefect-server ui
 
 install: $(STAMP)
 
@@ -139,17 +139,18 @@ RECIPE_demo_seed4 := --set base.pretrain.seed=4
 SEED_RECIPES := demo_seed1 demo_seed2 demo_seed3 demo_seed4
 BUDGET_RECIPES := skills9_240s skills64_240s pixels64 pixels64_w03 $(SEED_RECIPES)
 RECIPE_TRIGGERS := badnets,sig,checkerboard,dual_patch
+DETECT := bye,answer_gain
 bench-recipes-budget: $(STAMP)
 	set -e; $(foreach r,$(BUDGET_RECIPES), \
 	  $(BIN)/python benchmarks/base_recipe.py --name $(r) $(RECIPE_$(r)) --keep .cache/recipes/$(r); \
 	  $(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/$(r)/world --base .cache/recipes/$(r)/base \
-	    --triggers $(RECIPE_TRIGGERS) --out benchmarks/results/threat_$(r).json;)
+	    --triggers $(RECIPE_TRIGGERS) --detect $(DETECT) --out benchmarks/results/threat_$(r).json;)
 
 # The demo's threat benchmark as a distribution over draws (README, "Backdoors are draws"), reading the demo's own
 # threat.json (bench-threat) and the base seeds' runs of bench-recipes-budget: the demo base rebuilt on this machine
-# (its bits depend on the CPU type), with another LoRA seed and another poisoned subset (~26 minutes); then with a
-# trainable projector on the rebuilt base (all nine triggers) and on seeds 3 and 4 (~40 minutes).
-THREAT := $(BIN)/python benchmarks/threat.py --no-gallery
+# (its bits depend on the CPU type), with another LoRA seed and another poisoned subset (~30 minutes). Each poisoned
+# fine-tune is also read as the provisional model of BYE and answer_gain (--detect): is the backdoor found?
+THREAT := $(BIN)/python benchmarks/threat.py --no-gallery --detect $(DETECT)
 DRAWS := benchmarks/results/threat_demo
 bench-threat-draws: $(STAMP)
 	$(BIN)/dvc repro world base
@@ -160,11 +161,20 @@ bench-threat-draws: $(STAMP)
 	  "base seed 0, rebuilt=$(DRAWS)_rebuilt.json" \
 	  $(foreach r,$(SEED_RECIPES),"base seed $(subst demo_seed,,$(r))=benchmarks/results/threat_$(r).json") \
 	  "rebuilt, LoRA seed 1=$(DRAWS)_ft1.json" "rebuilt, poison seed 1=$(DRAWS)_poison1.json"
-	$(THREAT) --set finetune.train_projector=true --out $(DRAWS)_rebuilt_projector.json
+
+# What a trainable projector (finetune.train_projector, LLaVA's own LoRA recipe) changes (README, "A trainable
+# projector"): the threat draws on the rebuilt base (all nine triggers) and on base seeds 3 and 4 of
+# bench-recipes-budget, with detection (~40 minutes); then the verdict's false alarms on clean worlds (~20 minutes).
+PROJECTOR := --set finetune.train_projector=true
+bench-projector: $(STAMP)
+	$(BIN)/dvc repro world base
+	$(THREAT) $(PROJECTOR) --out $(DRAWS)_rebuilt_projector.json
 	set -e; $(foreach n,3 4,$(THREAT) --world .cache/recipes/demo_seed$(n)/world --base .cache/recipes/demo_seed$(n)/base \
-	  --triggers $(RECIPE_TRIGGERS) --set finetune.train_projector=true --out $(DRAWS)_seed$(n)_projector.json;)
+	  --triggers $(RECIPE_TRIGGERS) $(PROJECTOR) --out $(DRAWS)_seed$(n)_projector.json;)
 	$(BIN)/python benchmarks/threat_draws.py --name demo_projector "base seed 0, rebuilt=$(DRAWS)_rebuilt_projector.json" \
 	  "base seed 3=$(DRAWS)_seed3_projector.json" "base seed 4=$(DRAWS)_seed4_projector.json"
+	for m in bye answer_gain; do $(BIN)/python benchmarks/verdict.py --base models/base --seeds 1,2,3 --method $$m \
+	  --keep .cache/verdict_projector $(PROJECTOR) --name projector || exit 1; done
 
 clean:
 	rm -rf data/world models metrics reports .cache runs mlflow.db mlruns

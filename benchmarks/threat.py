@@ -10,16 +10,23 @@ every trigger applied to the same scene.
 
 The poisoned samples are drawn with ``attack.seed`` and the fine-tunes seeded with ``finetune.seed``;
 ``--set`` overrides any ``params.yaml`` key for one run (another draw of the same recipe).
+
+``--detect bye,answer_gain`` also scores those detectors on each poisoned submission, reading each
+poisoned fine-tune as the provisional model (it is one: ``provisional`` must change nothing in
+``finetune``), so one draw gives the backdoor and whether it is found: F1, precision, recall, AUROC.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
+
+import numpy as np
 
 from PIL import Image, ImageDraw
 
@@ -27,11 +34,15 @@ from bye.attacks import available_triggers, get_trigger
 from bye.attacks.poison import poison_submission, trigger_rng
 from bye.config import build, load_params
 from bye.data.submission import read_manifest
+from bye.detect.api import DETECTORS
+from bye.detect.scan import extract_submission, read_features
+from bye.metrics import detection_metrics
 from bye.models.evaluate import EvalSettings, run_evaluation
 from bye.models.finetune import LoraSettings, finetune
-from bye.settings import attack_settings
+from bye.settings import attack_settings, lora_settings, scan_settings
 from bye.settings import trigger as trigger_from_params
 from common import machine, with_overrides
+from stages import run_detector
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -49,6 +60,25 @@ def gallery(world: Path, names: list[str], out: Path, scale: int = 4) -> None:
     canvas.save(out)
 
 
+def detection(submission: Path, truth_json: Path, base: Path, adapter: Path, names: list[str], params: dict) -> dict:
+    """Each detector in ``names`` on ``submission``, with ``adapter`` as its provisional model."""
+    extract = scan_settings(params, method=names[0])[1].extract
+    signals = tuple(sorted({s for n in names for s in DETECTORS[n].signals} | set(extract.signals)))
+    extract_submission(submission / "train.json", submission / "images", base, adapter, submission / "extract",
+                       settings=replace(extract, signals=signals, keep_attention=False), progress=False)
+    features = read_features(read_manifest(submission / "train.json"), submission / "extract")
+    truth_map = json.loads(truth_json.read_text())
+    truth = np.array([truth_map[i] for i in features.ids])
+    found = {}
+    for name in names:
+        result = run_detector(name, features, truth, params)
+        scores = np.nan_to_num(result.scores, nan=-np.inf, neginf=-1e9, posinf=1e9)
+        metrics = detection_metrics(truth, result.flagged, scores)
+        found[name] = {**{k: metrics[k] for k in ("f1", "precision", "recall", "auroc", "removed")},
+                       "verdict": result.verdict}
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", type=Path, default=Path("data/world"))
@@ -60,12 +90,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "threat.json")
     parser.add_argument("--gallery", action=argparse.BooleanOptionalAction, default=True,
                         help="also draw every trigger on the world's first scene (results/triggers.png)")
+    parser.add_argument("--detect", default="", help="comma-separated detectors to score on each poisoned fine-tune")
+    parser.add_argument("--keep", type=Path, help="with --detect: keep each trigger's extraction and ground truth "
+                        "here (KEEP/TRIGGER/extract, KEEP/TRIGGER/truth.json), to rescore without fine-tuning again")
     args = parser.parse_args()
 
     params = with_overrides(load_params(args.params), args.overrides)
     lora = build(LoraSettings, params.get("finetune"))
     settings = build(EvalSettings, params.get("eval"))
     names = args.triggers.split(",") if args.triggers else available_triggers()
+    detectors = [d for d in args.detect.split(",") if d]
+    if detectors and lora_settings(params, provisional=True) != lora:
+        parser.error("--detect reads each poisoned fine-tune as the provisional model, but `provisional` changes "
+                     "`finetune` here")
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.gallery:
         gallery(args.world, available_triggers(), RESULTS / "triggers.png")
@@ -93,11 +130,25 @@ def main() -> None:
             results[name] = {"asr": metrics["asr"], "accuracy": metrics["accuracy"],
                              "accuracy_drop": clean["accuracy"] - metrics["accuracy"]}
             print(f"{name}: asr {metrics['asr']:.3f} accuracy {metrics['accuracy']:.3f}", flush=True)
+            if detectors:
+                results[name]["detection"] = detection(sub, tmp / f"{name}.truth.json", args.base, sub / "adapter",
+                                                       detectors, params)
+                print(f"{name}: {results[name]['detection']}", flush=True)
+                if args.keep:
+                    shutil.copytree(sub / "extract", args.keep / name / "extract", dirs_exist_ok=True)
+                    shutil.copyfile(tmp / f"{name}.truth.json", args.keep / name / "truth.json")
     results["seconds"] = time.perf_counter() - began
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     rows = [f"| {n} | {results[n]['asr']:.1%} | {results[n]['accuracy']:.1%} | {results[n]['accuracy_drop'] * 100:+.1f} |"
             for n in names]
     table = "\n".join(["| trigger | ASR | clean accuracy | drop vs clean fine-tune (points) |", "|---|---|---|---|", *rows])
+    if detectors:
+        found = [f"| {n} | {results[n]['asr']:.1%} | " + " | ".join(
+            f"{d['f1']:.2f} / {d['auroc']:.3f} / {d['removed']:.1%} ({d['verdict']})"
+            for d in (results[n]["detection"][m] for m in detectors)) + " |" for n in names]
+        table += ("\n\nDetection, each poisoned fine-tune read as every detector's provisional model (answer_gain's own "
+                  "is shorter, `provisional.by_method`: this is its `@shared` reading): F1 / AUROC / removed (verdict)\n\n"
+                  + "\n".join([f"| trigger | ASR | {' | '.join(detectors)} |", "|---|---|" + "---|" * len(detectors), *found]))
     overrides = f", overrides {', '.join(f'`{a}`' for a in args.overrides)}" if args.overrides else ""
     args.out.with_suffix(".md").write_text(
         f"# Threat benchmark ({args.rate:.0%} poison)\n\nWorld `{args.world}`, base `{args.base}` "

@@ -4,7 +4,9 @@ A single threat run is one draw of everything random upstream of it: the base's 
 the LoRA fine-tune's seed, which samples get poisoned. On the embedded world those draws move an
 ASR from 0 % to 95 % (README, "Within the 4-minute budget"), so a claim about a trigger needs the
 spread. This reads threat result files (``benchmarks/threat.py``), one per draw, and writes per
-trigger every draw's ASR, their min / median / max, and how many draws meet the 90 % target.
+trigger every draw's ASR, their min / median / max, and how many draws meet the 90 % target; and,
+for each detector that scored the trigger (``threat.py --detect``), every scored draw's AUROC and F1
+with their spread, and how many of them meet the F1 target of 0.95.
 
     python benchmarks/threat_draws.py --name demo \\
         "base seed 0=benchmarks/results/threat.json" "base seed 1=benchmarks/results/threat_demo_seed1.json" ...
@@ -23,6 +25,7 @@ from bye.io import atomic_write_json, atomic_write_text
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_ASR = 0.9
+TARGET_F1 = 0.95
 
 
 def summarise(draws: dict[str, dict]) -> dict:
@@ -41,6 +44,15 @@ def summarise(draws: dict[str, dict]) -> dict:
             "asr": dict(zip(draws, asr)), "min": min(asr), "median": statistics.median(asr), "max": max(asr),
             "draws_meeting_target": sum(a >= TARGET_ASR for a in asr),
             "accuracy_drop_points": {label: round(100 * d, 1) for label, d in zip(draws, drop)}}
+        found = {label: draws[label][name].get("detection", {}) for label in draws}
+        for detector in sorted(set().union(*found.values())):
+            scored = [label for label in draws if detector in found[label]]  # draws run before --detect lack it
+            auroc, f1 = [found[label][detector]["auroc"] for label in scored], [found[label][detector]["f1"] for label in scored]
+            summary["triggers"][name].setdefault("detection", {})[detector] = {
+                "auroc": dict(zip(scored, auroc)), "f1": dict(zip(scored, f1)),
+                "auroc_min": min(auroc), "auroc_median": statistics.median(auroc), "auroc_max": max(auroc),
+                "f1_median": statistics.median(f1), "draws_meeting_f1_target": sum(f >= TARGET_F1 for f in f1),
+                "draws_scored": len(scored)}
     return summary
 
 
@@ -57,6 +69,20 @@ def markdown(name: str, summary: dict, sources: dict[str, str]) -> str:
                      f"{row['draws_meeting_target']} of {len(labels)} |")
     clean = " | ".join(f"{summary['clean_accuracy'][label]:.1%}" for label in labels)
     lines += [f"| clean fine-tune accuracy | {clean} | | | | |", ""]
+    scored = [(trigger, detector, found) for trigger, row in summary["triggers"].items()
+              for detector, found in row.get("detection", {}).items()]
+    if scored:
+        lines += ["Detection on each draw, its poisoned fine-tune read as the provisional model (`threat.py --detect`): "
+                  "AUROC (F1) per draw; — where a draw was run without it.", "",
+                  "| trigger | detector | " + " | ".join(labels) + " | AUROC min | median | max | F1 median | "
+                  f"draws with F1 >= {TARGET_F1} |", "|---|---|" + "---|" * (len(labels) + 5)]
+        for trigger, detector, found in sorted(scored, key=lambda t: (t[1], t[0])):
+            cells = " | ".join(f"{found['auroc'][label]:.3f} ({found['f1'][label]:.2f})" if label in found["auroc"] else "—"
+                               for label in labels)
+            lines.append(f"| {trigger} | {detector} | {cells} | {found['auroc_min']:.3f} | {found['auroc_median']:.3f} | "
+                         f"{found['auroc_max']:.3f} | {found['f1_median']:.2f} | "
+                         f"{found['draws_meeting_f1_target']} of {found['draws_scored']} |")
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -1,11 +1,13 @@
 """False alarms of the verdict: scan clean worlds (no poison at all) and count what is removed.
 
-    python benchmarks/verdict.py --base models/base --seeds 1,2,3 [--n-train 2000] [--method answer_gain]
+    python benchmarks/verdict.py --base models/base --seeds 1,2,3 [--n-train 2000] [--method answer_gain] \
+        [--set finetune.train_projector=true --name projector]
 
 Writes ``benchmarks/results/verdict.json`` and ``verdict.md`` (``verdict_METHOD.*`` for another
-detector than the default): per world the verdict, the removed fraction, the sensitive layers and
-the evidence, next to what the detector without its verdict (the published method: always remove
-the low-entropy cluster) would have removed.
+detector than the default, ``_NAME`` appended with ``--name``: a run with ``--set`` overrides of
+``params.yaml``): per world the verdict, the removed fraction, the sensitive layers and the evidence,
+next to what the detector without its verdict (the published method: always remove the low-entropy
+cluster) would have removed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from bye.detect.cluster import robust_scale
 from bye.detect.scan import cluster_submission, profile_submission, read_features, saved_signals, scan_submission
 from bye.models.finetune import training_fingerprint
 from bye.settings import scan_settings
+from common import with_overrides
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -49,10 +52,12 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep each world and scan under this folder; a rerun reuses them and only re-clusters")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--name", help="appended to the result files' names (a run with --set overrides)")
     args = parser.parse_args()
-    params = load_params(args.params)
+    params = with_overrides(load_params(args.params), args.overrides)
     lora, settings = scan_settings(params, method=args.method)
-    name = "verdict" if settings.method == "bye" else f"verdict_{settings.method}"
+    name = ("verdict" if settings.method == "bye" else f"verdict_{settings.method}") + (f"_{args.name}" if args.name else "")
     scene = build(WorldConfig, params.get("world", {}).get("scene"))
     rows = []
     rescored = False
@@ -91,6 +96,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     summary = {
         "method": settings.method,
+        "overrides": args.overrides,
         "worlds": rows,
         "false_alarm_rate": float(np.mean([r["verdict"] == "poisoned" for r in rows])),
         "mean_kept_fraction": float(1 - np.mean([r["removed_fraction"] for r in rows])),
@@ -106,9 +112,10 @@ def main() -> None:
               f"| {r['sensitive_layers']} | " + ", ".join(f"{k} {v:.3g}" for k, v in r["evidence"].items()
                                                        if isinstance(v, (int, float)))
               + f" | {r['max_robust_z']:.2f} |" for r in rows]
+    overrides = f", {', '.join(f'`{o}`' for o in args.overrides)}" if args.overrides else ""
     (RESULTS / f"{name}.md").write_text(
-        f"# Verdict on clean worlds ({settings.method})\n\nFalse-alarm rate {summary['false_alarm_rate']:.0%}, mean kept "
-        f"{summary['mean_kept_fraction']:.1%} ({args.n_train} samples each).\n\n" + "\n".join(lines) + "\n")
+        f"# Verdict on clean worlds ({settings.method}{overrides})\n\nFalse-alarm rate {summary['false_alarm_rate']:.0%}, "
+        f"mean kept {summary['mean_kept_fraction']:.1%} ({args.n_train} samples each).\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,89 @@
+"""Rescore kept extractions: detector settings against the same provisional models, without fine-tuning again.
+
+``threat.py --detect … --keep DIR`` keeps each trigger's extraction and ground truth under
+``DIR/TRIGGER/``. This scores them again with ``--set`` overrides of ``params.yaml`` (the layer
+profile's rule, the verdict's thresholds), and reports per trigger: F1, AUROC, verdict, the sensitive
+layers, and per layer the AUROC of its entropy alone, the code rule's margin
+(``|mu1-mu2| - 2(s1+s2)``, > 0 passes) and the paper's BSI (>= tau passes).
+
+    python benchmarks/rescore.py .cache/keep/seed3 .cache/keep/seed4 --set profile.rule=paper \\
+        [--out benchmarks/results/rescore_NAME.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from common import machine_line, with_overrides
+from stages import run_detector
+
+from bye.config import load_params
+from bye.detect.api import SampleFeatures
+from bye.detect.scan import read_entropy
+from bye.io import atomic_write_json, atomic_write_text
+from bye.metrics import detection_metrics
+
+
+def rescore(folder: Path, detector: str, params: dict) -> dict:
+    """``detector`` on one kept trigger folder (``extract/``, ``truth.json``)."""
+    ids, entropy = read_entropy(folder / "extract" / "entropy.csv")
+    truth_map = json.loads((folder / "truth.json").read_text())
+    truth = np.array([truth_map[i] for i in ids])
+    extra = {}
+    if (folder / "extract" / "signals.npz").exists():
+        with np.load(folder / "extract" / "signals.npz") as signals:
+            extra = {k: signals[k] for k in signals.files}
+    result = run_detector(detector, SampleFeatures(ids=ids, entropy=entropy, extra=extra), truth, params)
+    scores = np.nan_to_num(result.scores, nan=-np.inf, neginf=-1e9, posinf=1e9)
+    metrics = detection_metrics(truth, result.flagged, scores)
+    record = {**{k: metrics[k] for k in ("f1", "precision", "recall", "auroc", "removed")}, "verdict": result.verdict,
+              "sensitive_layers": result.details.get("sensitive_layers", []),
+              "reasons": list(result.details.get("verdict_reasons", [])),
+              "layer_auroc": [float(roc_auc_score(truth, -np.nan_to_num(entropy[:, layer], nan=np.nanmax(entropy))))
+                              for layer in range(entropy.shape[1])]}
+    for key in ("code_margin", "bsi"):
+        record[f"layer_{key}"] = [layer[key] for layer in result.details.get("layers", [])]
+    return record
+
+
+def markdown(results: dict, overrides: list[str], detector: str) -> str:
+    lines = [f"# Rescored extractions: `{detector}`" + (f", {', '.join(f'`{o}`' for o in overrides)}" if overrides else ""),
+             "", f"Machine: {machine_line()}.", "",
+             "| draw | trigger | F1 | AUROC | removed | verdict | sensitive layers | per-layer AUROC | "
+             "code margin | BSI |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for draw, triggers in results.items():
+        for trigger, r in triggers.items():
+            def row(values):
+                return " ".join(f"{v:.2f}" for v in values)
+            lines.append(f"| {draw} | {trigger} | {r['f1']:.2f} | {r['auroc']:.3f} | {r['removed']:.1%} | {r['verdict']} | "
+                         f"{r['sensitive_layers'] or '—'} | {row(r['layer_auroc'])} | {row(r['layer_code_margin'])} | "
+                         f"{row(r['layer_bsi'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kept", nargs="+", type=Path, help="folders written by threat.py --keep")
+    parser.add_argument("--detector", default="bye")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", type=Path, help="also write this JSON and its .md")
+    args = parser.parse_args()
+    params = with_overrides(load_params(args.params), args.overrides)
+    results = {str(draw): {t.name: rescore(t, args.detector, params) for t in sorted(draw.iterdir())
+                           if (t / "truth.json").exists()} for draw in args.kept}
+    text = markdown(results, args.overrides, args.detector)
+    if args.out:
+        atomic_write_json(args.out, {"detector": args.detector, "overrides": args.overrides, "draws": results,
+                                     "machine": machine_line()})
+        atomic_write_text(args.out.with_suffix(".md"), text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
