@@ -113,7 +113,7 @@ def chunks(images, questions):
 
 @torch.no_grad()
 def run_plain(model, processor, images, questions):
-    from bye.detect.extract import encode_batch
+    from bye.models.chat import encode_batch
 
     return [model(**on_model(model, encode_batch(processor, i, q)), use_cache=False, logits_to_keep=1).logits
             for i, q in chunks(images, questions)]
@@ -122,7 +122,8 @@ def run_plain(model, processor, images, questions):
 @torch.no_grad()
 def run_published(model, processor, images, questions):
     """Eager attention, every map materialised, one row of each kept."""
-    from bye.detect.extract import encode_batch, image_token_id
+    from bye.detect.extract import image_token_id
+    from bye.models.chat import encode_batch
 
     model.set_attn_implementation("eager")
     try:
@@ -228,7 +229,7 @@ def gpu_memory(points: list[int], methods: list[str], batch_size: int) -> list[d
 
 
 def run_plain_length(processor, images, questions) -> int:
-    from bye.detect.extract import encode_batch
+    from bye.models.chat import encode_batch
 
     return encode_batch(processor, images, questions)["input_ids"].shape[1]
 

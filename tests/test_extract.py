@@ -17,9 +17,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, ProcessorMixin
 
 from bye.detect.extract import (
     ATTENTION_NAME,
@@ -30,134 +27,9 @@ from bye.detect.extract import (
 )
 from bye.data.submission import images_dir_for, read_manifest, resolve_image
 from bye.models.chat import encode_prompt, open_rgb
+from families import QUESTIONS, build_gemma3, build_llava, build_qwen2_vl, images_of
 
-QUESTIONS = ["What colour is the circle?", "How many shapes are there in the picture?", "Is there a square?",
-             "Describe it."]
 TOLERANCE = 1e-5
-
-
-# ---------------------------------------------------------------- builders (tiny, random weights)
-
-def _images(widths: list[int], height: int = 32) -> list[Image.Image]:
-    """Random RGB images with a bright block so that patches differ."""
-    images = []
-    for seed, width in enumerate(widths):
-        pixels = np.random.RandomState(seed).randint(0, 120, (height, width, 3)).astype(np.uint8)
-        pixels[4 + 2 * seed: 12 + 2 * seed, 6:14] = 255
-        images.append(Image.fromarray(pixels))
-    return images
-
-
-def _tokenizer(special: list[str], extra: dict[str, str], template: str, **named) -> PreTrainedTokenizerFast:
-    """A byte-level BPE like bye.models.tiny.train_tokenizer, with a family's special tokens."""
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=special, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    core.train_from_iterator([q.lower() + " user assistant model" for q in QUESTIONS] * 20, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, extra_special_tokens=extra, **named)
-    tokenizer.chat_template = template
-    return tokenizer
-
-
-def build_llava():
-    from bye.models.tiny import TinyLlavaSpec, build_model, build_processor, tokenizer_corpus, train_tokenizer
-
-    spec = TinyLlavaSpec(image_size=32, patch_size=8, vision_hidden=32, vision_layers=1, vision_heads=2,
-                         vision_intermediate=64, text_hidden=64, text_layers=3, text_heads=4,
-                         text_intermediate=128, vocab_size=320)
-    tokenizer = train_tokenizer(tokenizer_corpus(0, n=40), spec.vocab_size)
-    model = build_model(tokenizer, spec, seed=0)
-    return model, build_processor(tokenizer, spec)
-
-
-QWEN_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def build_qwen2_vl():
-    from transformers import (
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessorPil,
-        Qwen2VLProcessor,
-    )
-
-    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-        """Qwen2VLProcessor without its video processor, which needs torchvision (not installed)."""
-
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            self.image_token, self.video_token = tokenizer.image_token, tokenizer.video_token
-            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
-
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-               "<|image_pad|>", "<|video_pad|>"]
-    tokenizer = _tokenizer(special, {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}, QWEN_TEMPLATE,
-                           pad_token="<|endoftext|>", eos_token="<|im_end|>")
-    # 4 px patches merged 2 x 2: a 32 x 32 image gives 16 image tokens, 32 x 48 gives 24.
-    image_processor = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
-                                               size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64})
-    processor = ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                          chat_template=QWEN_TEMPLATE)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in special}
-    config = Qwen2VLConfig(
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, patch_size=4, spatial_merge_size=2,
-                           temporal_patch_size=2, mlp_ratio=2),
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         initializer_range=0.2, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-    )
-    torch.manual_seed(0)
-    return Qwen2VLForConditionalGeneration(config), processor
-
-
-GEMMA_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
-    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<start_of_image>"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<end_of_turn>\n{% endfor %}"
-    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-)
-
-
-def build_gemma3(sliding_window: int = 512):
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
-
-    special = ["<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>",
-               "<image_soft_token>"]
-    tokenizer = _tokenizer(special, {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
-                                     "image_token": "<image_soft_token>"}, GEMMA_TEMPLATE,
-                           pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
-    processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": 32, "width": 32}),
-                                tokenizer=tokenizer, chat_template=GEMMA_TEMPLATE, image_seq_length=16)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in special}
-    config = Gemma3Config(
-        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=4),
-        # query_pre_attn_scalar < head_dim sharpens attention (scale = 1/sqrt(scalar)), and layer 0
-        # and 2 are sliding-window layers.
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=1,
-                         sliding_window=sliding_window, sliding_window_pattern=2, max_position_embeddings=512,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id),
-        mm_tokens_per_image=16, boi_token_index=ids["<start_of_image>"], eoi_token_index=ids["<end_of_image>"],
-        image_token_index=ids["<image_soft_token>"],
-    )
-    torch.manual_seed(0)
-    return Gemma3ForConditionalGeneration(config), processor
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +159,7 @@ def test_row_matches_eager_with_softcap_or_sinks_gqa_and_padding(kind):
 
 def test_llava_matches_eager_output_attentions(llava):
     model, processor = llava
-    images = _images([32, 32, 32, 32])
+    images = images_of([32, 32, 32, 32])
     result = image_attention(model, processor, images, QUESTIONS, batch_size=4, keep_maps=True)
     layers = model.config.text_config.num_hidden_layers
     assert result.attention.shape == (4, layers, 16) and result.attention.dtype == np.float32
@@ -301,7 +173,7 @@ def test_llava_matches_eager_output_attentions(llava):
 
 def test_batched_left_padding_equals_one_by_one(llava):
     model, processor = llava
-    images = _images([32, 32, 32, 32])
+    images = images_of([32, 32, 32, 32])
     batched = image_attention(model, processor, images, QUESTIONS, batch_size=3)  # batches of 3 and 1
     single = np.concatenate([image_attention(model, processor, [i], [q]).attention
                              for i, q in zip(images, QUESTIONS)])
@@ -352,11 +224,11 @@ def test_attention_implementation_is_switched_for_the_language_model_only_and_re
         assert text._attn_implementation == ATTENTION_NAME
         assert vision._attn_implementation == before[1]
         with torch.no_grad():
-            model(**encode_prompt(processor, _images([32])[0], "What?"), use_cache=False)
+            model(**encode_prompt(processor, images_of([32])[0], "What?"), use_cache=False)
     assert len(rows) == text.num_hidden_layers and rows[0].ndim == 2
     assert (text._attn_implementation, vision._attn_implementation) == before
     model.train()
-    image_attention(model, processor, _images([32]), ["What?"])
+    image_attention(model, processor, images_of([32]), ["What?"])
     assert model.training  # mode restored
     model.eval()
 
@@ -367,7 +239,7 @@ def test_works_through_a_peft_wrapper(llava):
     model, processor = llava
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=r".*language_model.*\.(q_proj|v_proj)$"))
     try:
-        images = _images([32, 32])
+        images = images_of([32, 32])
         wrapped = image_attention(peft_model, processor, images, QUESTIONS[:2])
         # LoRA B starts at zero, so the wrapped model computes exactly the base model.
         plain = image_attention(peft_model.get_base_model(), processor, images, QUESTIONS[:2])
@@ -390,14 +262,14 @@ def test_reads_a_submission(llava, tiny_world):
 def test_rejects_mismatched_inputs(llava):
     model, processor = llava
     with pytest.raises(ValueError):
-        image_attention(model, processor, _images([32]), ["a", "b"])
+        image_attention(model, processor, images_of([32]), ["a", "b"])
 
 
 # ---------------------------------------------------------------- Qwen2-VL
 
 def test_qwen2_vl_variable_image_tokens_match_eager(qwen2_vl):
     model, processor = qwen2_vl
-    images = _images([32, 48, 32, 40])  # 16, 24, 16, 20 image tokens
+    images = images_of([32, 48, 32, 40])  # 16, 24, 16, 20 image tokens
     result = image_attention(model, processor, images, QUESTIONS, batch_size=4)
     assert result.image_token_count.tolist() == [16, 24, 16, 20]
     assert result.attention.shape == (4, model.config.text_config.num_hidden_layers, 24)
@@ -413,7 +285,7 @@ def test_qwen2_vl_variable_image_tokens_match_eager(qwen2_vl):
 
 def test_gemma3_matches_eager(gemma3):
     model, processor = gemma3
-    images = _images([32, 32, 32, 32])
+    images = images_of([32, 32, 32, 32])
     result = image_attention(model, processor, images, QUESTIONS, batch_size=4)
     # The processor's image_token_id is the begin-of-image marker; the model's config names the
     # soft tokens the features replace, which is what must be read.
@@ -427,7 +299,7 @@ def test_gemma3_matches_eager(gemma3):
 def test_gemma3_sliding_window_hides_image_tokens_like_eager():
     model, processor = build_gemma3(sliding_window=24)
     model.eval()
-    images = _images([32, 32, 32, 32])
+    images = images_of([32, 32, 32, 32])
     result = image_attention(model, processor, images, QUESTIONS, batch_size=4)
     assert_matches(result, eager_reference(model, processor, images, QUESTIONS))
     entropy = result.entropy()
@@ -469,7 +341,7 @@ def test_answer_pass_reads_the_prompt_attention_and_the_same_loglik(family, requ
     from bye.detect.signals import answer_loglik, answer_pass
 
     model, processor = request.getfixturevalue(family)
-    images = _images([32, 48, 32, 40] if family == "qwen2_vl" else [32, 32, 32, 32])
+    images = images_of([32, 48, 32, 40] if family == "qwen2_vl" else [32, 32, 32, 32])
     fused = answer_pass(model, processor, images, QUESTIONS, ANSWERS, batch_size=3, attention=True, keep_maps=True)
     # The attention row of the last prompt position, as the prompt-only pass and the published
     # eager path read it, although every row goes on with an answer of its own length.

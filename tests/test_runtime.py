@@ -57,7 +57,8 @@ def test_configure_reads_the_params_section_and_the_cli_applies_it(tmp_path, tin
 
 
 def test_a_bfloat16_model_gets_its_batches_in_bfloat16_and_answers(tiny_base, tiny_world):
-    from bye.detect.extract import encode_batch, image_attention
+    from bye.detect.extract import image_attention
+    from bye.models.chat import encode_batch
     from bye.models.chat import open_rgb
     from bye.models.evaluate import generate_answers
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bye.models.chat import prompt_text
+from bye.models.chat import encode_batch
 from bye.models.loading import to_model
 
 ATTENTION_NAME = "bye_last_row"
@@ -220,21 +220,6 @@ def image_token_id(model, processor=None) -> int:
 def _forward_parameters(model) -> set[str]:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper
     return set(inspect.signature(base.forward).parameters)
-
-
-def encode_batch(processor, images: Sequence[Image.Image], questions: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Prompts (chat template + generation prompt) for a batch, LEFT-padded by the processor.
-
-    The last column is then every row's last prompt position. Returns the processor outputs
-    (``input_ids``/``attention_mask`` ``(B, T)`` plus the family's vision tensors).
-    """
-    texts = [prompt_text(processor, q) for q in questions]
-    encoded = processor(images=[[image] for image in images], text=texts, padding=True, padding_side="left",
-                        return_tensors="pt")
-    mask = encoded.get("attention_mask")
-    if mask is not None and not bool(mask[:, -1].all()):
-        raise RuntimeError("the processor did not pad on the left; the last column is not the last prompt token")
-    return encoded
 
 
 def prepare_inputs(model, encoded: dict, parameters: set[str]) -> dict:

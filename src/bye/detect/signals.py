@@ -14,7 +14,7 @@ token is predicted (the position BYE reads its attention row from).
   attention profile in the same forward.
 
 Prompts are encoded exactly as :mod:`bye.detect.extract` encodes them
-(:func:`~bye.detect.extract.encode_batch`, left padding) and positions are counted over real
+(:func:`~bye.models.chat.encode_batch`, left padding) and positions are counted over real
 tokens only, so a batched row gives the same numbers as the sample alone. No attention map is
 materialised (the model keeps its own attention implementation) and only the decision
 position's logits are computed where the model allows it.
@@ -34,7 +34,6 @@ from bye.detect.extract import (
     _forward_parameters,
     assemble,
     batch_starts,
-    encode_batch,
     evaluating,
     image_rows,
     image_token_id,
@@ -42,7 +41,7 @@ from bye.detect.extract import (
     prepare_inputs,
     recorded_forward,
 )
-from bye.models.chat import IGNORE_INDEX, EncodedSample, collate, encode_for_training
+from bye.models.chat import IGNORE_INDEX, EncodedSample, collate, encode_batch, encode_for_training
 
 
 def _last_positions(attention_mask: torch.Tensor | None, length: int, batch: int) -> torch.Tensor:

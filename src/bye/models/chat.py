@@ -8,6 +8,7 @@ for the assistant turn. Image-token expansion is left to the processor.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -57,6 +58,21 @@ def open_rgb(path) -> Image.Image:
 
 def encode_prompt(processor, image: Image.Image, question: str) -> dict[str, torch.Tensor]:
     return processor(images=[image], text=[prompt_text(processor, question)], return_tensors="pt")
+
+
+def encode_batch(processor, images: Sequence[Image.Image], questions: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Prompts (chat template + generation prompt) for a batch, LEFT-padded by the processor.
+
+    The last column is then every row's last prompt position. Returns the processor outputs
+    (``input_ids``/``attention_mask`` ``(B, T)`` plus the family's vision tensors).
+    """
+    texts = [prompt_text(processor, q) for q in questions]
+    encoded = processor(images=[[image] for image in images], text=texts, padding=True, padding_side="left",
+                        return_tensors="pt")
+    mask = encoded.get("attention_mask")
+    if mask is not None and not bool(mask[:, -1].all()):
+        raise RuntimeError("the processor did not pad on the left; the last column is not the last prompt token")
+    return encoded
 
 
 def encode_for_training(processor, image: Image.Image, question: str, answer: str | None) -> EncodedSample:

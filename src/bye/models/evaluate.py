@@ -22,7 +22,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from bye.data.submission import Sample, resolve_image
-from bye.models.chat import open_rgb, prompt_text
+from bye.models.chat import encode_batch, open_rgb
 from bye.models.loading import to_model
 
 _OPTION_LINE = re.compile(r"^\s*([A-Z])[.)]\s+(.+?)\s*$", re.MULTILINE)  # "A. red"
@@ -79,23 +79,17 @@ def task_family(question: str) -> str:
 @torch.no_grad()
 def generate_answers(model, processor, images: list[Image.Image], questions: list[str], *,
                      batch_size: int = 32, max_new_tokens: int = 12, progress: bool = True) -> list[str]:
-    """Greedy answers, batched with left padding so every prompt ends at the same position."""
+    """Greedy answers, batched with left padding so every prompt ends at the same position (the
+    prompts encoded as the detectors encode them: :func:`~bye.models.chat.encode_batch`)."""
     tokenizer = processor.tokenizer
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     answers: list[str] = []
-    try:
-        for start in tqdm(range(0, len(questions), batch_size), desc="generate", disable=not progress):
-            batch_questions = questions[start:start + batch_size]
-            inputs = to_model(model, processor(images=images[start:start + batch_size],
-                                               text=[prompt_text(processor, q) for q in batch_questions],
-                                               padding=True, return_tensors="pt"))
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id)
-            new_tokens = output[:, inputs["input_ids"].shape[1]:]
-            answers.extend(t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = previous_side
+    for start in tqdm(range(0, len(questions), batch_size), desc="generate", disable=not progress):
+        inputs = to_model(model, encode_batch(processor, images[start:start + batch_size],
+                                              questions[start:start + batch_size]))
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                pad_token_id=tokenizer.pad_token_id)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        answers.extend(t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     return answers
 
 

@@ -1,0 +1,137 @@
+"""Tiny image-text models of three families that transformers ships, built from configs with random
+weights (nothing is downloaded): LLaVA (the embedded builder), Qwen2-VL (multimodal RoPE,
+grouped-query attention, an image-token count that depends on the image size) and Gemma3 (SigLIP,
+q/k norms, sliding-window layers, a bidirectional mask over image tokens, and a processor that
+wants one list of images per prompt). Each comes with its own processor and chat template."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, ProcessorMixin
+
+QUESTIONS = ["What colour is the circle?", "How many shapes are there in the picture?", "Is there a square?",
+             "Describe it."]
+
+def images_of(widths: list[int], height: int = 32) -> list[Image.Image]:
+    """Random RGB images with a bright block so that patches differ."""
+    images = []
+    for seed, width in enumerate(widths):
+        pixels = np.random.RandomState(seed).randint(0, 120, (height, width, 3)).astype(np.uint8)
+        pixels[4 + 2 * seed: 12 + 2 * seed, 6:14] = 255
+        images.append(Image.fromarray(pixels))
+    return images
+
+
+def family_tokenizer(special: list[str], extra: dict[str, str], template: str, **named) -> PreTrainedTokenizerFast:
+    """A byte-level BPE like bye.models.tiny.train_tokenizer, with a family's special tokens."""
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=special, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator([q.lower() + " user assistant model" for q in QUESTIONS] * 20, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, extra_special_tokens=extra, **named)
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def build_llava():
+    from bye.models.tiny import TinyLlavaSpec, build_model, build_processor, tokenizer_corpus, train_tokenizer
+
+    spec = TinyLlavaSpec(image_size=32, patch_size=8, vision_hidden=32, vision_layers=1, vision_heads=2,
+                         vision_intermediate=64, text_hidden=64, text_layers=3, text_heads=4,
+                         text_intermediate=128, vocab_size=320)
+    tokenizer = train_tokenizer(tokenizer_corpus(0, n=40), spec.vocab_size)
+    model = build_model(tokenizer, spec, seed=0)
+    return model, build_processor(tokenizer, spec)
+
+
+QWEN_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_qwen2_vl():
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessorPil,
+        Qwen2VLProcessor,
+    )
+
+    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+        """Qwen2VLProcessor without its video processor, which needs torchvision (not installed)."""
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token, self.video_token = tokenizer.image_token, tokenizer.video_token
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+               "<|image_pad|>", "<|video_pad|>"]
+    tokenizer = family_tokenizer(special, {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}, QWEN_TEMPLATE,
+                           pad_token="<|endoftext|>", eos_token="<|im_end|>")
+    # 4 px patches merged 2 x 2: a 32 x 32 image gives 16 image tokens, 32 x 48 gives 24.
+    image_processor = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
+                                               size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64})
+    processor = ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                          chat_template=QWEN_TEMPLATE)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in special}
+    config = Qwen2VLConfig(
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, patch_size=4, spatial_merge_size=2,
+                           temporal_patch_size=2, mlp_ratio=2),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         initializer_range=0.2, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(0)
+    return Qwen2VLForConditionalGeneration(config), processor
+
+
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<start_of_image>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def build_gemma3(sliding_window: int = 512):
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
+
+    special = ["<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>",
+               "<image_soft_token>"]
+    tokenizer = family_tokenizer(special, {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                                     "image_token": "<image_soft_token>"}, GEMMA_TEMPLATE,
+                           pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+    processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": 32, "width": 32}),
+                                tokenizer=tokenizer, chat_template=GEMMA_TEMPLATE, image_seq_length=16)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in special}
+    config = Gemma3Config(
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=4),
+        # query_pre_attn_scalar < head_dim sharpens attention (scale = 1/sqrt(scalar)), and layer 0
+        # and 2 are sliding-window layers.
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=1,
+                         sliding_window=sliding_window, sliding_window_pattern=2, max_position_embeddings=512,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id),
+        mm_tokens_per_image=16, boi_token_index=ids["<start_of_image>"], eoi_token_index=ids["<end_of_image>"],
+        image_token_index=ids["<image_soft_token>"],
+    )
+    torch.manual_seed(0)
+    return Gemma3ForConditionalGeneration(config), processor
