@@ -37,7 +37,16 @@ SETUP = "setup"  # the fingerprint under which the demo's world-building stages 
 
 
 class Layout:
-    """Where each stage reads and writes: ``Layout(root).ingested`` is ``root/data/ingested``."""
+    """Where each stage reads and writes: ``Layout(root).ingested`` is ``root/data/ingested``.
+
+    The demo's own stages write ``world``, ``embedded_base`` and ``submission`` (with its ground truth).
+    The stages that scan and evaluate read ``base`` (the checkpoint), ``upload`` (what ingest reads: a
+    folder, ``.zip`` or ``.tar.gz``) and ``test`` (a folder holding ``test.json`` and ``images/``): those
+    three by default, or what params ``pipeline`` names (relative to the root, or absolute), or, for
+    ``base``, the argument (the deployment's checkpoint). The demo's stages never write there.
+    """
+
+    PIPELINE_KEYS = ("base", "submission", "test")
 
     RELATIVE = {
         "world": "data/world", "base": "models/base", "submission": "data/submission",
@@ -47,19 +56,30 @@ class Layout:
         "metrics": "metrics",
     }
 
-    def __init__(self, root: str | Path = ".", base: str | Path | None = None):
+    def __init__(self, root: str | Path = ".", base: str | Path | None = None, pipeline: dict | None = None):
         self.root = Path(root)
         for name, relative in self.RELATIVE.items():
             setattr(self, name, self.root / relative)
-        if base is not None:  # a real checkpoint, or the demo's base shared by many submissions
-            self.base = Path(base)
+        configured = dict(pipeline or {})
+        unknown = set(configured) - set(self.PIPELINE_KEYS)
+        if unknown:
+            raise ValueError(f"params pipeline: unknown keys {sorted(unknown)} (known: {', '.join(self.PIPELINE_KEYS)})")
+
+        def where(key: str, default: Path) -> Path:
+            return default if configured.get(key) is None else self.root / configured[key]
+
+        self.embedded_base = self.base
+        # A real checkpoint, or the demo's base shared by many submissions.
+        self.base = Path(base) if base is not None else where("base", self.embedded_base)
+        self.upload = where("submission", self.submission)
+        self.test = where("test", self.world)
 
 
 def context(root: str, params_path: str, overrides: dict | None = None, base: str | None = None):
     """(layout, params): ``overrides`` (nested like params.yaml) win over the file."""
     params = merge(load_params(params_path), overrides or {})
     configure_runtime(params)  # where this stage's models run
-    return Layout(Path(root), base), params
+    return Layout(Path(root), base, params.get("pipeline")), params
 
 
 def merge(params: dict, overrides: dict) -> dict:
@@ -80,8 +100,9 @@ def stage(name: str, layout: Layout, params: dict, *, fingerprint: str | None = 
     from tasks.tracking import stage_run
 
     fingerprint = fingerprint or fingerprint_of(layout)
-    submission = submission or (str(layout.submission) if fingerprint != SETUP else "embedded world")
+    submission = submission or (str(layout.upload) if fingerprint != SETUP else "embedded world")
     with stage_run(name, fingerprint=fingerprint, params=params, submission=submission) as run:  # logs params[name]
+        run.tag("bye.base", str(layout.base if name != "base" else layout.embedded_base))  # the checkpoint it read
         yield run
 
 
@@ -123,9 +144,9 @@ def base_flow(root: str = ".", params_path: str = "params.yaml",
               overrides: dict | None = None, base: str | None = None) -> dict:
     layout, params = context(root, params_path, overrides, base)
     with stage("base", layout, params, fingerprint=SETUP) as run:
-        summary = t.pretrain_base(str(layout.base), *base_settings(params))
+        summary = t.pretrain_base(str(layout.embedded_base), *base_settings(params))
         run.metrics({**_numbers(summary), **{f"vision_{k}": v for k, v in summary["vision_cell_accuracy"].items()}})
-        run.file(layout.base / "pretraining.json")
+        run.file(layout.embedded_base / "pretraining.json")
     return summary
 
 
@@ -154,7 +175,7 @@ def ingest_flow(submission: str | None = None, root: str = ".", params_path: str
     from tasks.expectations import check_ingested
 
     layout, params = context(root, params_path, overrides, base)
-    source = submission or str(layout.submission)
+    source = submission or str(layout.upload)
     limits, bound = ingest_settings(params)
     result = t.ingest(source, str(layout.ingested), limits)
     with stage("ingest", layout, params, fingerprint=result["fingerprint"], submission=source) as run:
@@ -303,7 +324,7 @@ def eval_flow(which: str = "clean", test_json: str | None = None, root: str = ".
     from tasks.expectations import check_metrics
 
     layout, params = context(root, params_path, overrides, base)
-    test = Path(test_json) if test_json else layout.world / "test.json"
+    test = Path(test_json) if test_json else layout.test / "test.json"
     attack = params.get("attack", {})
     adapter = None if which == "base" else str(layout.adapters / which)
     name = "eval" if which == "clean" else f"eval_{which}"

@@ -8,17 +8,15 @@ an uninterrupted rerun of the same stages (the pipeline is deterministic).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-REPO = Path(__file__).parents[1]
+from tiny import copy_pipeline, repro, venv_env
+
 TINY = {
     "world": {"seed": 0, "n_train": 240, "n_test": 16, "task": "mixed",
               "scene": {"image_size": 32, "min_objects": 2, "max_objects": 4, "noise_std": 4.0}},
@@ -35,8 +33,7 @@ TINY = {
 
 
 def _start(cwd: Path, *targets: str) -> subprocess.Popen:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    return subprocess.Popen(["dvc", "repro", *targets], cwd=cwd, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen(["dvc", "repro", *targets], cwd=cwd, env=venv_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -50,27 +47,9 @@ def _kill_when(process: subprocess.Popen, ready, timeout: float = 400) -> None:
     process.wait()
 
 
-def _repro(cwd: Path, *args: str) -> str:
-    process = _start(cwd, *args)
-    output = process.communicate(timeout=900)[0]
-    assert process.returncode == 0, output
-    return output
-
-
 @pytest.fixture
 def pipeline_copy(tmp_path):
-    root = tmp_path / "repo"
-    root.mkdir()
-    for name in ("src", "tasks", "flows"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copy(REPO / "dvc.yaml", root)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section] = {**params.get(section, {}), **values}
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=root, check=True,
-                   env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
-    return root
+    return copy_pipeline(tmp_path / "repo", TINY)
 
 
 @pytest.mark.slow
@@ -83,7 +62,7 @@ def test_sigkill_mid_finetune_and_mid_extraction_then_rerun(pipeline_copy, prefe
     process = _start(root, "provisional_finetune")
     _kill_when(process, lambda: (checkpoints / "state.json").exists())
     assert not adapter.exists()  # no half-written adapter: it appears whole or not at all
-    output = _repro(root, "provisional_finetune")
+    output = repro(root, "provisional_finetune")
     for finished in ("world", "base", "submission", "ingest"):
         assert f"Stage '{finished}' didn't change, skipping" in output, output
     assert "Running stage 'provisional_finetune'" in output
@@ -95,14 +74,14 @@ def test_sigkill_mid_finetune_and_mid_extraction_then_rerun(pipeline_copy, prefe
     process = _start(root, "extract")
     _kill_when(process, lambda: (root / "reports").exists() and _stage_started(root, "extract"))
     assert not (root / "reports" / "extract" / "entropy.csv").exists()
-    output = _repro(root, "cluster")
+    output = repro(root, "cluster")
     assert "Stage 'provisional_finetune' didn't change, skipping" in output
     scores = (root / "reports" / "cluster" / "scores.csv").read_bytes()
     verdict = (root / "reports" / "cluster" / "verdict.json").read_bytes()
 
     # 3. Determinism: an uninterrupted rerun of the same stages gives the same scan, byte for byte.
     for stage in ("provisional_finetune", "extract", "profile", "cluster"):
-        _repro(root, "-f", "-s", stage)
+        repro(root, "-f", "-s", stage)
     assert (root / "reports" / "cluster" / "scores.csv").read_bytes() == scores
     assert (root / "reports" / "cluster" / "verdict.json").read_bytes() == verdict
 

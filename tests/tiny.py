@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+REPO = Path(__file__).parents[1]
 
 
 def tiny_samples(tiny_base: Path, tiny_world: Path, n: int):
@@ -37,3 +43,33 @@ def poison_and_scan(tiny_world: Path, tiny_base: Path, tmp_path: Path, *, attack
                                   "--params", str(tmp_path / "params.yaml"), *scan_args])
     assert result.exit_code == 0, result.output
     return poisoned, out
+
+
+def venv_env() -> dict:
+    """The environment with this interpreter's scripts (dvc, prefect) first on PATH."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def copy_pipeline(root: Path, params: dict) -> Path:
+    """A DVC project at ``root`` with the repository's code, ``dvc.yaml`` and ``params.yaml``, each
+    section of ``params`` laid over the file's."""
+    import yaml
+
+    root.mkdir(parents=True)
+    for name in ("src", "tasks", "flows"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(REPO / "dvc.yaml", root)
+    merged = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in params.items():
+        merged[section] = {**merged.get(section, {}), **values}
+    (root / "params.yaml").write_text(yaml.safe_dump(merged))
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=root, check=True, env=venv_env())
+    return root
+
+
+def repro(root: Path, *args: str) -> str:
+    """``dvc repro ARGS`` in ``root``; its output. It must succeed."""
+    process = subprocess.run(["dvc", "repro", *args], cwd=root, env=venv_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, timeout=900)
+    assert process.returncode == 0, process.stdout
+    return process.stdout
