@@ -135,3 +135,45 @@ def build_gemma3(sliding_window: int = 512):
     )
     torch.manual_seed(0)
     return Gemma3ForConditionalGeneration(config), processor
+
+
+LLAVA_NEXT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() }}: "
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def build_llava_next():
+    """LLaVA-NeXT (LLaVA-1.6): any-resolution images, a base tile plus one 16 px crop per grid cell of
+    the best-fitting pinpoint, so a batch's samples have different numbers of crops and of image tokens."""
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
+    )
+
+    special = ["<pad>", "<s>", "</s>", "<image>"]
+    tokenizer = family_tokenizer(special, {"image_token": "<image>"}, LLAVA_NEXT_TEMPLATE,
+                                 pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    pinpoints = [[16, 32], [32, 16], [32, 32]]
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                                                 image_grid_pinpoints=pinpoints)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=4,
+                                   num_additional_image_tokens=1,  # the CLS token, which "default" drops
+                                   vision_feature_select_strategy="default", chat_template=LLAVA_NEXT_TEMPLATE)
+    config = LlavaNextConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=16, patch_size=4),
+        text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy="default", vision_feature_layer=-1,
+    )
+    torch.manual_seed(0)
+    return LlavaNextForConditionalGeneration(config), processor

@@ -27,7 +27,7 @@ from bye.detect.extract import (
 )
 from bye.data.submission import images_dir_for, read_manifest, resolve_image
 from bye.models.chat import encode_prompt, open_rgb
-from families import QUESTIONS, build_gemma3, build_llava, build_qwen2_vl, images_of
+from families import QUESTIONS, build_gemma3, build_llava, build_llava_next, build_qwen2_vl, images_of
 
 TOLERANCE = 1e-5
 
@@ -46,6 +46,12 @@ def llava():
 @pytest.fixture(scope="module")
 def qwen2_vl():
     model, processor = build_qwen2_vl()
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="module")
+def llava_next():
+    model, processor = build_llava_next()
     return model.eval(), processor
 
 
@@ -281,6 +287,17 @@ def test_qwen2_vl_variable_image_tokens_match_eager(qwen2_vl):
         np.testing.assert_allclose(result.attention[n, :, : single.shape[1]], single, atol=TOLERANCE, rtol=0)
 
 
+def test_llava_next_any_resolution_matches_eager(llava_next):
+    model, processor = llava_next
+    images = images_of([32, 64, 32, 48])  # a base tile and 4, 2, 4, 2 crops: 4 different token counts
+    result = image_attention(model, processor, images, QUESTIONS, batch_size=4)
+    assert len(set(result.image_token_count.tolist())) > 1
+    assert_matches(result, eager_reference(model, processor, images, QUESTIONS))
+    one_by_one = [image_attention(model, processor, [i], [q]).attention[0] for i, q in zip(images, QUESTIONS)]
+    for n, single in enumerate(one_by_one):
+        np.testing.assert_allclose(result.attention[n, :, : single.shape[1]], single, atol=TOLERANCE, rtol=0)
+
+
 # ---------------------------------------------------------------- Gemma3
 
 def test_gemma3_matches_eager(gemma3):
@@ -336,12 +353,12 @@ def test_query_positions_read_earlier_rows_under_the_causal_mask():
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3", "llava_next"])
 def test_answer_pass_reads_the_prompt_attention_and_the_same_loglik(family, request):
     from bye.detect.signals import answer_loglik, answer_pass
 
     model, processor = request.getfixturevalue(family)
-    images = images_of([32, 48, 32, 40] if family == "qwen2_vl" else [32, 32, 32, 32])
+    images = images_of({"qwen2_vl": [32, 48, 32, 40], "llava_next": [32, 64, 32, 48]}.get(family, [32, 32, 32, 32]))
     fused = answer_pass(model, processor, images, QUESTIONS, ANSWERS, batch_size=3, attention=True, keep_maps=True)
     # The attention row of the last prompt position, as the prompt-only pass and the published
     # eager path read it, although every row goes on with an answer of its own length.

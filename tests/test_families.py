@@ -1,8 +1,8 @@
 """The product's whole path on other model families than the embedded LLaVA: fine-tune, evaluate
 and scan run unchanged on a Gemma3 checkpoint saved to disk (its processor wants one list of
 images per prompt) and, in memory, on Qwen2-VL (pixel patches concatenated across samples, an
-image-token count that depends on the image size, multimodal RoPE). Random weights, nothing
-downloaded (`families.py`)."""
+image-token count that depends on the image size, multimodal RoPE) and LLaVA-NeXT (a different
+number of image crops per sample). Random weights, nothing downloaded (`families.py`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from bye.models.chat import encode_for_training, open_rgb
 from bye.models.evaluate import generate_answers
 from bye.models.finetune import LoraSettings, add_lora
 from bye.models.training import train
-from families import QUESTIONS, build_gemma3, build_qwen2_vl, images_of
+from families import QUESTIONS, build_gemma3, build_llava_next, build_qwen2_vl, images_of
 from tiny import poison_and_scan
 
 PARAMS = ("finetune: {rank: 4, alpha: 8, batch_size: 8, checkpoint_every: 0, epochs: 2, learning_rate: 0.005}\n"
@@ -68,11 +68,14 @@ def test_finetune_and_eval_run_on_a_saved_gemma3_checkpoint(gemma3_dir, tiny_wor
         assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["asr"] <= 1.0
 
 
-@pytest.mark.parametrize("build", [build_gemma3, build_qwen2_vl], ids=["gemma3", "qwen2_vl"])
+WIDTHS = {build_gemma3: [32, 32, 32, 32], build_qwen2_vl: [32, 48, 32, 40], build_llava_next: [32, 64, 32, 48]}
+
+
+@pytest.mark.parametrize("build", list(WIDTHS), ids=["gemma3", "qwen2_vl", "llava_next"])
 def test_batched_generation_equals_one_by_one(build):
     model, processor = build()
     model.eval()
-    images = images_of([32, 48, 32, 40] if build is build_qwen2_vl else [32, 32, 32, 32])
+    images = images_of(WIDTHS[build])
     batched = generate_answers(model, processor, images, QUESTIONS, batch_size=4, max_new_tokens=4, progress=False)
     alone = [generate_answers(model, processor, [i], [q], max_new_tokens=4, progress=False)[0]
              for i, q in zip(images, QUESTIONS)]
@@ -89,6 +92,21 @@ def test_lora_finetune_of_qwen2_vl_lowers_the_loss(tiny_world):
     model = add_lora(model, settings)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("language_model" in name and "lora_" in name for name in trainable)
+    result = train(model, encoded, settings.train_config(), pad_token_id=processor.tokenizer.pad_token_id,
+                   progress=False)
+    assert result.epoch_losses[-1] < result.epoch_losses[0]
+
+
+def test_lora_finetune_of_llava_next_batches_images_of_different_crop_counts():
+    """LLaVA-NeXT's processor gives each image its own number of crops; the fine-tune's batches pad
+    them as the processor pads a batch (before, concatenating them failed)."""
+    model, processor = build_llava_next()
+    images = images_of([32, 64, 32, 48] * 4)
+    encoded = [encode_for_training(processor, image, QUESTIONS[n % 4], ["yes", "red", "two", "no"][n % 4])
+               for n, image in enumerate(images)]
+    assert len({s.vision["pixel_values"].shape[1] for s in encoded}) > 1
+    settings = LoraSettings(rank=4, alpha=8, epochs=3, batch_size=8, learning_rate=5e-3, checkpoint_every=0)
+    model = add_lora(model, settings)
     result = train(model, encoded, settings.train_config(), pad_token_id=processor.tokenizer.pad_token_id,
                    progress=False)
     assert result.epoch_losses[-1] < result.epoch_losses[0]

@@ -115,5 +115,18 @@ def collate(samples: list[EncodedSample], pad_token_id: int, *, padding_side: st
             per_token[key][row, span] = value
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **per_token}
     for key in samples[0].vision:
-        batch[key] = torch.cat([s.vision[key] for s in samples], dim=0)
+        batch[key] = concatenate_vision(key, [s.vision[key] for s in samples])
     return batch
+
+
+def concatenate_vision(key: str, values: list[torch.Tensor]) -> torch.Tensor:
+    """One vision input of several samples, concatenated along its first axis. Where the samples differ
+    only in their second axis (LLaVA-NeXT's any-resolution crops per image: ``(1, crops, 3, H, W)``),
+    each is zero-padded to the largest count first, as the family's processor pads a batch; the model
+    reads each image's real count from ``image_sizes``."""
+    if len({tuple(v.shape[1:]) for v in values}) > 1:
+        if len({(v.dim(), *v.shape[2:]) for v in values}) > 1:
+            raise ValueError(f"{key}: samples of shapes {sorted({tuple(v.shape) for v in values})} cannot be batched")
+        longest = max(v.shape[1] for v in values)
+        values = [torch.nn.functional.pad(v, (0, 0) * (v.dim() - 2) + (0, longest - v.shape[1])) for v in values]
+    return torch.cat(values, dim=0)
