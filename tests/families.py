@@ -1,8 +1,9 @@
-"""Tiny image-text models of three families that transformers ships, built from configs with random
+"""Tiny image-text models of five families that transformers ships, built from configs with random
 weights (nothing is downloaded): LLaVA (the embedded builder), Qwen2-VL (multimodal RoPE,
-grouped-query attention, an image-token count that depends on the image size) and Gemma3 (SigLIP,
+grouped-query attention, an image-token count that depends on the image size), Gemma3 (SigLIP,
 q/k norms, sliding-window layers, a bidirectional mask over image tokens, and a processor that
-wants one list of images per prompt). Each comes with its own processor and chat template."""
+wants one list of images per prompt), LLaVA-NeXT and InternVL (each image cut into a number of
+crops that depends on its shape). Each comes with its own processor and chat template."""
 
 from __future__ import annotations
 
@@ -177,3 +178,59 @@ def build_llava_next():
     )
     torch.manual_seed(0)
     return LlavaNextForConditionalGeneration(config), processor
+
+
+INTERNVL_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<IMG_CONTEXT>\n"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_internvl():
+    """InternVL (InternViT + Qwen2, pixel-shuffle projector): each image cut into up to four 16 px crops
+    plus a thumbnail, all crops of a batch on one axis, 4 image tokens per crop."""
+    import re
+
+    from transformers import (
+        GotOcr2ImageProcessorPil,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+    )
+
+    class ImageOnlyInternVLProcessor(InternVLProcessor):
+        """InternVLProcessor without its video processor, which needs torchvision (not installed)."""
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, image_seq_length=4, **kwargs):
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+            self.image_seq_length = image_seq_length
+            self.start_image_token, self.end_image_token = tokenizer.start_image_token, tokenizer.end_image_token
+            self.start_image_token_id = tokenizer.start_image_token_id
+            self.end_image_token_id = tokenizer.end_image_token_id
+            self.image_token, self.video_token = tokenizer.context_image_token, tokenizer.video_token
+            self.image_token_id = tokenizer.context_image_token_id
+            self.multimodal_pattern = re.compile(
+                f"(?P<image>{re.escape(self.image_token)})|(?P<video>{re.escape(self.video_token)})")
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+    tokenizer = family_tokenizer(special, {"start_image_token": "<img>", "end_image_token": "</img>",
+                                           "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"},
+                                 INTERNVL_TEMPLATE, pad_token="<|endoftext|>", eos_token="<|im_end|>")
+    image_processor = GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, crop_to_patches=True,
+                                               min_patches=1, max_patches=4)
+    processor = ImageOnlyInternVLProcessor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=4,
+                                           chat_template=INTERNVL_TEMPLATE)
+    config = InternVLConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=[16, 16], patch_size=[4, 4]),
+        text_config=dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id),
+        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), downsample_ratio=0.5,
+    )
+    torch.manual_seed(0)
+    return InternVLForConditionalGeneration(config), processor
