@@ -1,9 +1,9 @@
-"""Tiny image-text models of five families that transformers ships, built from configs with random
+"""Tiny image-text models of six families that transformers ships, built from configs with random
 weights (nothing is downloaded): LLaVA (the embedded builder), Qwen2-VL (multimodal RoPE,
 grouped-query attention, an image-token count that depends on the image size), Gemma3 (SigLIP,
 q/k norms, sliding-window layers, a bidirectional mask over image tokens, and a processor that
-wants one list of images per prompt), LLaVA-NeXT and InternVL (each image cut into a number of
-crops that depends on its shape). Each comes with its own processor and chat template."""
+wants one list of images per prompt), LLaVA-NeXT, InternVL and Idefics3 (each image cut into a
+number of crops that depends on its shape). Each comes with its own processor and chat template."""
 
 from __future__ import annotations
 
@@ -37,6 +37,13 @@ def family_tokenizer(special: list[str], extra: dict[str, str], template: str, *
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, extra_special_tokens=extra, **named)
     tokenizer.chat_template = template
     return tokenizer
+
+
+def text_config(tokenizer, model_type: str, **extra) -> dict:
+    """A 3-layer, 64-wide language model with grouped-query attention, for ``tokenizer``."""
+    return dict(model_type=model_type, vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **extra)
 
 
 def build_llava():
@@ -78,8 +85,8 @@ def build_qwen2_vl():
 
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                "<|image_pad|>", "<|video_pad|>"]
-    tokenizer = family_tokenizer(special, {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}, QWEN_TEMPLATE,
-                           pad_token="<|endoftext|>", eos_token="<|im_end|>")
+    tokenizer = family_tokenizer(special, {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+                                 QWEN_TEMPLATE, pad_token="<|endoftext|>", eos_token="<|im_end|>")
     # 4 px patches merged 2 x 2: a 32 x 32 image gives 16 image tokens, 32 x 48 gives 24.
     image_processor = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
                                                size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64})
@@ -116,8 +123,8 @@ def build_gemma3(sliding_window: int = 512):
     special = ["<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>",
                "<image_soft_token>"]
     tokenizer = family_tokenizer(special, {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
-                                     "image_token": "<image_soft_token>"}, GEMMA_TEMPLATE,
-                           pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+                                           "image_token": "<image_soft_token>"}, GEMMA_TEMPLATE,
+                                 pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
     processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": 32, "width": 32}),
                                 tokenizer=tokenizer, chat_template=GEMMA_TEMPLATE, image_seq_length=16)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in special}
@@ -169,10 +176,7 @@ def build_llava_next():
     config = LlavaNextConfig(
         vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=2, image_size=16, patch_size=4),
-        text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id),
+        text_config=text_config(tokenizer, "llama", bos_token_id=tokenizer.bos_token_id),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pinpoints,
         vision_feature_select_strategy="default", vision_feature_layer=-1,
     )
@@ -226,11 +230,46 @@ def build_internvl():
     config = InternVLConfig(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                            image_size=[16, 16], patch_size=[4, 4]),
-        text_config=dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id),
+        text_config=text_config(tokenizer, "qwen2"),
         image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), downsample_ratio=0.5,
     )
     torch.manual_seed(0)
     return InternVLForConditionalGeneration(config), processor
+
+
+IDEFICS3_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+def build_idefics3():
+    """Idefics3 (SmolVLM's architecture): each image split into 16 px tiles plus a global view, each
+    tile's 4 image tokens framed by row/column tokens, and a pixel mask per tile."""
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+    )
+
+    special = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<image>", "<fake_token_around_image>",
+               "<global-img>", *[f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]]
+    tokenizer = family_tokenizer(special, {"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
+                                           "global_image_token": "<global-img>"}, IDEFICS3_TEMPLATE,
+                                 pad_token="<|endoftext|>", eos_token="<end_of_utterance>", bos_token="<|im_start|>")
+    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 32}, max_image_size={"longest_edge": 16},
+                                                do_image_splitting=True)
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
+                                  chat_template=IDEFICS3_TEMPLATE)
+    config = Idefics3Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=16, patch_size=4),
+        text_config=text_config(tokenizer, "llama"),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), scale_factor=2,
+    )
+    torch.manual_seed(0)
+    return Idefics3ForConditionalGeneration(config), processor

@@ -1,16 +1,16 @@
 """bye.detect.extract: last-prompt-row image attention without T x T maps.
 
 Every model here is built from a config with random weights (nothing is downloaded; builders in
-``families.py``). Five families that transformers ships: LLaVA (CLIP + Llama), Qwen2-VL (multimodal
+``families.py``). Six families that transformers ships: LLaVA (CLIP + Llama), Qwen2-VL (multimodal
 RoPE, grouped-query attention, image-token count that depends on the image size), Gemma3 (SigLIP +
 a language model with q/k norms, a custom attention scale, sliding-window layers and a
-bidirectional mask over image tokens), LLaVA-NeXT and InternVL (each image cut into a number of
-crops that depends on its shape). Each is checked against the published reference path: eager attention with
+bidirectional mask over image tokens), LLaVA-NeXT, InternVL and Idefics3 (each image cut into a
+number of crops that depends on its shape). Each is checked against the published reference path: eager attention with
 ``output_attentions=True``, row -1, image columns, mean over heads, renormalised. The attention
 function alone is also checked against Gemma2's (logit soft-capping) and GPT-OSS's (sink logits)
 eager functions, which SDPA cannot express. The same row read inside the teacher-forced answer
 pass (``answer_pass(attention=True)``, the query at each row's last prompt position) is checked
-against the prompt-only pass and the eager reference on all five families.
+against the prompt-only pass and the eager reference on all six families.
 """
 
 from __future__ import annotations
@@ -28,7 +28,16 @@ from bye.detect.extract import (
 )
 from bye.data.submission import images_dir_for, read_manifest, resolve_image
 from bye.models.chat import encode_prompt, open_rgb
-from families import QUESTIONS, build_gemma3, build_internvl, build_llava, build_llava_next, build_qwen2_vl, images_of
+from families import (
+    QUESTIONS,
+    build_gemma3,
+    build_idefics3,
+    build_internvl,
+    build_llava,
+    build_llava_next,
+    build_qwen2_vl,
+    images_of,
+)
 
 TOLERANCE = 1e-5
 
@@ -59,6 +68,12 @@ def llava_next():
 @pytest.fixture(scope="module")
 def internvl():
     model, processor = build_internvl()
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="module")
+def idefics3():
+    model, processor = build_idefics3()
     return model.eval(), processor
 
 
@@ -294,10 +309,10 @@ def test_qwen2_vl_variable_image_tokens_match_eager(qwen2_vl):
         np.testing.assert_allclose(result.attention[n, :, : single.shape[1]], single, atol=TOLERANCE, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["llava_next", "internvl"])
+@pytest.mark.parametrize("family", ["llava_next", "internvl", "idefics3"])
 def test_crops_per_image_match_eager(family, request):
-    """LLaVA-NeXT and InternVL cut each image into crops (4 or 2 here, by its shape): image-token
-    counts differ within the batch."""
+    """LLaVA-NeXT, InternVL and Idefics3 cut each image into crops (4 or 2 here, by its shape):
+    image-token counts differ within the batch."""
     model, processor = request.getfixturevalue(family)
     images = images_of([32, 64, 32, 48])
     result = image_attention(model, processor, images, QUESTIONS, batch_size=4)
@@ -363,13 +378,13 @@ def test_query_positions_read_earlier_rows_under_the_causal_mask():
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3", "llava_next", "internvl"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3", "llava_next", "internvl", "idefics3"])
 def test_answer_pass_reads_the_prompt_attention_and_the_same_loglik(family, request):
     from bye.detect.signals import answer_loglik, answer_pass
 
     model, processor = request.getfixturevalue(family)
-    images = images_of({"qwen2_vl": [32, 48, 32, 40], "llava_next": [32, 64, 32, 48],
-                        "internvl": [32, 64, 32, 48]}.get(family, [32, 32, 32, 32]))
+    images = images_of({"qwen2_vl": [32, 48, 32, 40], "llava_next": [32, 64, 32, 48], "internvl": [32, 64, 32, 48],
+                        "idefics3": [32, 64, 32, 48]}.get(family, [32, 32, 32, 32]))
     fused = answer_pass(model, processor, images, QUESTIONS, ANSWERS, batch_size=3, attention=True, keep_maps=True)
     # The attention row of the last prompt position, as the prompt-only pass and the published
     # eager path read it, although every row goes on with an answer of its own length.

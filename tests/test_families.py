@@ -1,8 +1,8 @@
 """The product's whole path on other model families than the embedded LLaVA: fine-tune, evaluate
 and scan run unchanged on a Gemma3 checkpoint saved to disk (its processor wants one list of
 images per prompt) and, in memory, on Qwen2-VL (pixel patches concatenated across samples, an
-image-token count that depends on the image size, multimodal RoPE), LLaVA-NeXT and InternVL (a
-different number of image crops per sample). Random weights, nothing downloaded (`families.py`)."""
+image-token count that depends on the image size, multimodal RoPE), LLaVA-NeXT, InternVL and
+Idefics3 (a different number of image crops per sample). Random weights, nothing downloaded (`families.py`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,15 @@ from bye.models.chat import encode_for_training, open_rgb
 from bye.models.evaluate import generate_answers
 from bye.models.finetune import LoraSettings, add_lora
 from bye.models.training import train
-from families import QUESTIONS, build_gemma3, build_internvl, build_llava_next, build_qwen2_vl, images_of
+from families import (
+    QUESTIONS,
+    build_gemma3,
+    build_idefics3,
+    build_internvl,
+    build_llava_next,
+    build_qwen2_vl,
+    images_of,
+)
 from tiny import poison_and_scan
 
 PARAMS = ("finetune: {rank: 4, alpha: 8, batch_size: 8, checkpoint_every: 0, epochs: 2, learning_rate: 0.005}\n"
@@ -69,10 +77,10 @@ def test_finetune_and_eval_run_on_a_saved_gemma3_checkpoint(gemma3_dir, tiny_wor
 
 
 WIDTHS = {build_gemma3: [32, 32, 32, 32], build_qwen2_vl: [32, 48, 32, 40], build_llava_next: [32, 64, 32, 48],
-          build_internvl: [32, 64, 32, 48]}
+          build_internvl: [32, 64, 32, 48], build_idefics3: [32, 64, 32, 48]}
 
 
-@pytest.mark.parametrize("build", list(WIDTHS), ids=["gemma3", "qwen2_vl", "llava_next", "internvl"])
+@pytest.mark.parametrize("build", list(WIDTHS), ids=["gemma3", "qwen2_vl", "llava_next", "internvl", "idefics3"])
 def test_batched_generation_equals_one_by_one(build):
     model, processor = build()
     model.eval()
