@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-threat-draws bench-projector bench-verdict-wide clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check clean prefect-server ui
 
 install: $(STAMP)
 
@@ -109,6 +109,8 @@ bench-verdict-wide: $(STAMP)
 	$(BIN)/dvc repro dvc.yaml:base
 	for m in answer_gain bye; do $(BIN)/python benchmarks/verdict.py --base models/base --seeds 1,2,3,4,5,6,7,8 \
 	  --method $$m --keep .cache/verdict_rebuilt --name rebuilt || exit 1; done
+	$(BIN)/python benchmarks/verdict.py --base models/base --seeds 1,2,3,4,5,6,7,8 --method bye \
+	  --keep .cache/verdict_rebuilt --set cluster.detectors.bye.verdict.max_prompt_auroc=null --name rebuilt_noprompt
 
 # What the embedded model does and does not learn (README, "It is a multi-task plateau"); research
 # measurements, not product targets, so not part of `bench`. About 45 minutes on a 2-core CPU.
@@ -183,6 +185,18 @@ bench-projector: $(STAMP)
 	  "base seed 3=$(DRAWS)_seed3_projector.json" "base seed 4=$(DRAWS)_seed4_projector.json"
 	for m in bye answer_gain; do $(BIN)/python benchmarks/verdict.py --base models/base --seeds 1,2,3 --method $$m \
 	  --keep .cache/verdict_projector $(PROJECTOR) --name projector || exit 1; done
+
+# The verdict's prompt check (README, "Detection (BYE)") on BYE's one clean catch in these draws: SIG on base seed 3
+# with a trainable projector (F1 0.82), kept and rescored with the check on (the default) and off (~10 minutes).
+PROMPT_KEEP := .cache/prompt_check/seed3_projector
+bench-prompt-check: $(STAMP)
+	$(BIN)/dvc repro world
+	test -f .cache/bases/seed3/model.safetensors || $(BIN)/bye base .cache/bases/seed3 --seed 3
+	$(THREAT) --base .cache/bases/seed3 --triggers sig $(PROJECTOR) --keep $(PROMPT_KEEP) \
+	  --out .cache/prompt_check/threat.json
+	$(BIN)/python benchmarks/rescore.py $(PROMPT_KEEP) --out benchmarks/results/rescore_prompt.json
+	$(BIN)/python benchmarks/rescore.py $(PROMPT_KEEP) --set cluster.detectors.bye.verdict.max_prompt_auroc=null \
+	  --out benchmarks/results/rescore_prompt_off.json
 
 clean:
 	rm -rf data/world models metrics reports .cache runs mlflow.db mlruns

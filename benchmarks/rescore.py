@@ -23,6 +23,7 @@ from common import machine_line, with_overrides
 from stages import run_detector
 
 from bye.config import load_params
+from bye.data.submission import read_manifest
 from bye.detect.api import SampleFeatures
 from bye.detect.scan import read_entropy
 from bye.io import atomic_write_json, atomic_write_text
@@ -35,14 +36,18 @@ def rescore(folder: Path, detector: str, params: dict) -> dict:
     truth_map = json.loads((folder / "truth.json").read_text())
     truth = np.array([truth_map[i] for i in ids])
     extra = {}
+    if (folder / "train.json").exists():  # the submission's questions (the verdict's prompt check reads them)
+        questions = {s.id: s.question for s in read_manifest(folder / "train.json")}
+        extra["questions"] = [questions[i] for i in ids]
     if (folder / "extract" / "signals.npz").exists():
         with np.load(folder / "extract" / "signals.npz") as signals:
-            extra = {k: signals[k] for k in signals.files}
+            extra.update({k: signals[k] for k in signals.files})
     result = run_detector(detector, SampleFeatures(ids=ids, entropy=entropy, extra=extra), truth, params)
     scores = np.nan_to_num(result.scores, nan=-np.inf, neginf=-1e9, posinf=1e9)
     metrics = detection_metrics(truth, result.flagged, scores)
     record = {**{k: metrics[k] for k in ("f1", "precision", "recall", "auroc", "removed")}, "verdict": result.verdict,
               "sensitive_layers": result.details.get("sensitive_layers", []),
+              "evidence": result.details.get("evidence", {}),
               "reasons": list(result.details.get("verdict_reasons", [])),
               "layer_auroc": [float(roc_auc_score(truth, -np.nan_to_num(entropy[:, layer], nan=np.nanmax(entropy))))
                               for layer in range(entropy.shape[1])]}
@@ -54,15 +59,16 @@ def rescore(folder: Path, detector: str, params: dict) -> dict:
 def markdown(results: dict, overrides: list[str], detector: str) -> str:
     lines = [f"# Rescored extractions: `{detector}`" + (f", {', '.join(f'`{o}`' for o in overrides)}" if overrides else ""),
              "", f"Machine: {machine_line()}.", "",
-             "| draw | trigger | F1 | AUROC | removed | verdict | sensitive layers | per-layer AUROC | "
-             "code margin | BSI |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| draw | trigger | F1 | AUROC | removed | verdict | sensitive layers | prompt AUROC | per-layer AUROC | "
+             "code margin | BSI |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for draw, triggers in results.items():
         for trigger, r in triggers.items():
             def row(values):
                 return " ".join(f"{v:.2f}" for v in values)
+            prompt = r["evidence"].get("prompt_auroc")
             lines.append(f"| {draw} | {trigger} | {r['f1']:.2f} | {r['auroc']:.3f} | {r['removed']:.1%} | {r['verdict']} | "
-                         f"{r['sensitive_layers'] or '—'} | {row(r['layer_auroc'])} | {row(r['layer_code_margin'])} | "
-                         f"{row(r['layer_bsi'])} |")
+                         f"{r['sensitive_layers'] or '—'} | {'—' if prompt is None else f'{prompt:.3f}'} | "
+                         f"{row(r['layer_auroc'])} | {row(r['layer_code_margin'])} | {row(r['layer_bsi'])} |")
     return "\n".join(lines) + "\n"
 
 

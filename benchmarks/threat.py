@@ -91,8 +91,8 @@ def main() -> None:
     parser.add_argument("--gallery", action=argparse.BooleanOptionalAction, default=True,
                         help="also draw every trigger on the world's first scene (results/triggers.png)")
     parser.add_argument("--detect", default="", help="comma-separated detectors to score on each poisoned fine-tune")
-    parser.add_argument("--keep", type=Path, help="with --detect: keep each trigger's extraction and ground truth "
-                        "here (KEEP/TRIGGER/extract, KEEP/TRIGGER/truth.json), to rescore without fine-tuning again")
+    parser.add_argument("--keep", type=Path, help="with --detect: keep each trigger's extraction, manifest and ground "
+                        "truth here (KEEP/TRIGGER/extract, train.json, truth.json), to rescore without fine-tuning again")
     args = parser.parse_args()
 
     params = with_overrides(load_params(args.params), args.overrides)
@@ -137,6 +137,7 @@ def main() -> None:
                 if args.keep:
                     shutil.copytree(sub / "extract", args.keep / name / "extract", dirs_exist_ok=True)
                     shutil.copyfile(tmp / f"{name}.truth.json", args.keep / name / "truth.json")
+                    shutil.copyfile(sub / "train.json", args.keep / name / "train.json")  # the questions
     results["seconds"] = time.perf_counter() - began
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     rows = [f"| {n} | {results[n]['asr']:.1%} | {results[n]['accuracy']:.1%} | {results[n]['accuracy_drop'] * 100:+.1f} |"

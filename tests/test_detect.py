@@ -112,6 +112,49 @@ def test_verdict_rejects_a_majority_cluster():
     assert not verdict.poisoned and any("flagged fraction" in r for r in verdict.reasons)
 
 
+TEMPLATES = ["Is there a {} {}?", "What colour is the {1}?", "How many {1}s are there?",
+             "Which shape is further left, the {0} {1} or the other one?"]
+
+
+def questions_and_modes(n=400, seed=0):
+    """Questions of four templates; the clean entropy of the "Is there" ones sits lower (a prompt mode)."""
+    rng = np.random.default_rng(seed)
+    kinds = rng.integers(0, 4, n)
+    colours, shapes = ["red", "blue", "green"], ["circle", "square", "cross"]
+    questions = [TEMPLATES[k].format(colours[rng.integers(3)], shapes[rng.integers(3)]) for k in kinds]
+    entropy = rng.normal(3.6, 0.08, size=(n, 4))
+    entropy[kinds == 0, 2:] -= 1.0
+    return entropy, questions, kinds == 0
+
+
+def test_prompt_auroc_tells_a_prompt_mode_from_a_random_subset():
+    from bye.detect.cluster import prompt_auroc
+
+    _, questions, mode = questions_and_modes()
+    assert prompt_auroc(questions, mode) > 0.95
+    random = np.random.default_rng(1).random(len(questions)) < 0.1  # what a poisoner picks
+    assert 0.35 < prompt_auroc(questions, random) < 0.65
+    assert np.isnan(prompt_auroc(questions, np.arange(len(questions)) == 0))  # one flagged sample: no fold
+
+
+def test_verdict_calls_a_prompt_mode_clean_only_when_told_to_check_it():
+    entropy, questions, mode = questions_and_modes()
+    features = SampleFeatures(ids=[str(i) for i in range(len(entropy))], entropy=entropy,
+                              extra={"questions": questions})
+    published = get_detector("bye").detect(features)  # the rule off (the default): the mode is "poisoned"
+    assert published.verdict == "poisoned" and np.array_equal(published.flagged, mode)
+    checked = get_detector("bye", verdict={"max_prompt_auroc": 0.75}).detect(features)
+    assert checked.verdict == "clean" and not checked.flagged.any()
+    assert checked.details["evidence"]["prompt_auroc"] > 0.95
+    assert any("question text alone" in r for r in checked.details["verdict_reasons"])
+    # A trigger's collapse, on a random tenth of the same questions, is still found.
+    poisoned_entropy, poisoned = poisoned_table(n=len(entropy), layers=4, sensitive=(2, 3), seed=5)
+    found = get_detector("bye", verdict={"max_prompt_auroc": 0.75}).detect(
+        SampleFeatures(ids=features.ids, entropy=poisoned_entropy, extra={"questions": questions}))
+    assert found.verdict == "poisoned" and np.array_equal(found.flagged, poisoned)
+    assert found.details["evidence"]["prompt_auroc"] < 0.75
+
+
 def test_unknown_names_are_refused():
     with pytest.raises(ValueError, match="unknown detector"):
         get_detector("nope")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -117,8 +118,9 @@ class BYEAnalysis:
 
 
 def analyse(entropy: np.ndarray, settings: BYESettings = BYESettings(),
-            profile: LayerProfile | None = None) -> BYEAnalysis:
-    """Every step of BYE on an ``(N, L)`` entropy table: profile (unless given), score, cluster, verdict."""
+            profile: LayerProfile | None = None, questions: Sequence[str] | None = None) -> BYEAnalysis:
+    """Every step of BYE on an ``(N, L)`` entropy table: profile (unless given), score, cluster, verdict
+    (``questions``, one per row, for the verdict's prompt check when its rule sets one)."""
     entropy = np.asarray(entropy, dtype=np.float64)
     if profile is None:
         profile = profile_layers(entropy, rule=settings.rule, tau=settings.tau, seed=settings.seed)
@@ -129,7 +131,8 @@ def analyse(entropy: np.ndarray, settings: BYESettings = BYESettings(),
         warnings.simplefilter("ignore", RuntimeWarning)
         mean_entropy = np.nanmean(entropy[:, layers], axis=1)
     clusters = cluster_scores(mean_entropy, method=settings.clustering, seed=settings.seed)
-    verdict = decide(mean_entropy, len(profile.sensitive_layers), clusters, settings.verdict, seed=settings.seed)
+    verdict = decide(mean_entropy, len(profile.sensitive_layers), clusters, settings.verdict, seed=settings.seed,
+                     questions=questions)
     return BYEAnalysis(profile, mean_entropy, clusters, verdict)
 
 
@@ -147,7 +150,8 @@ class BYEDetector(Detector):
     def detect(self, features: SampleFeatures) -> DetectionResult:
         if features.entropy is None:
             raise ValueError("the BYE detector needs the per-layer entropy table")
-        analysis = analyse(features.entropy, self.settings, features.extra.get("profile"))
+        analysis = analyse(features.entropy, self.settings, features.extra.get("profile"),
+                           features.extra.get("questions"))
         flagged = analysis.clusters.flagged.copy()
         if self.settings.use_verdict and not analysis.verdict.poisoned:
             flagged[:] = False

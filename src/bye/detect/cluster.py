@@ -10,6 +10,7 @@ from the rest.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -98,12 +99,15 @@ class VerdictRule:
     * a two-component Gaussian model of the scores beats one component by ``min_bic_gain``
       (BIC difference);
     * the two components are apart: ``|mu1 - mu2| / sqrt(s1^2 + s2^2) >= min_separation``;
-    * the flagged component is a minority: ``0 < flagged fraction <= max_flagged_fraction``.
+    * the flagged component is a minority: ``0 < flagged fraction <= max_flagged_fraction``;
+    * with ``max_prompt_auroc`` set and the questions given, the question text alone does not tell
+      the flagged samples from the others: :func:`prompt_auroc` ``<= max_prompt_auroc``.
     """
 
     min_bic_gain: float = 10.0
     min_separation: float = 2.0
     max_flagged_fraction: float = 0.4
+    max_prompt_auroc: float | None = None
 
 
 @dataclass(frozen=True)
@@ -139,8 +143,30 @@ def dip_pvalue(scores: np.ndarray) -> float:
     return float(diptest.diptest(values)[1])
 
 
+def prompt_auroc(questions: Sequence[str], flagged: np.ndarray, *, seed: int = 0, folds: int = 5) -> float:
+    """How well the question text alone tells the flagged samples from the others: the cross-validated
+    AUROC of a bag-of-words logistic regression (word 1-2 grams, ``folds`` stratified folds). A
+    poisoner picks its samples whatever their question, so a flagged set of poisoned samples scores
+    near 0.5; a mode of clean attention that one question form brings (all "Is there ...?" questions
+    attending alike) scores near 1. NaN when either side has fewer than two samples."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+
+    target = np.asarray(flagged, dtype=bool)
+    k = int(min(folds, target.sum(), (~target).sum()))
+    if k < 2:
+        return float("nan")
+    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2)), LogisticRegression(max_iter=1000))
+    split = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    probability = cross_val_predict(model, [str(q) for q in questions], target, cv=split, method="predict_proba")
+    return float(roc_auc_score(target, probability[:, 1]))
+
+
 def decide(scores: np.ndarray, n_sensitive_layers: int, clusters: ClusterResult, rule: VerdictRule = VerdictRule(),
-           *, seed: int = 0) -> Verdict:
+           *, seed: int = 0, questions: Sequence[str] | None = None) -> Verdict:
     n = int(np.isfinite(scores).sum())
     flagged_fraction = float(clusters.flagged.sum() / n) if n else 0.0
     spread = float(np.sqrt(clusters.low_sigma ** 2 + clusters.high_sigma ** 2))
@@ -162,4 +188,12 @@ def decide(scores: np.ndarray, n_sensitive_layers: int, clusters: ClusterResult,
         reasons.append(f"components overlap (separation {separation:.2f} < {rule.min_separation})")
     if not 0 < flagged_fraction <= rule.max_flagged_fraction:
         reasons.append(f"flagged fraction {flagged_fraction:.3f} outside (0, {rule.max_flagged_fraction}]")
+    if rule.max_prompt_auroc is not None and questions is not None:
+        if len(questions) != len(scores):
+            raise ValueError(f"{len(questions)} questions for {len(scores)} scores")
+        evidence["prompt_auroc"] = prompt_auroc(questions, clusters.flagged, seed=seed)
+        if evidence["prompt_auroc"] > rule.max_prompt_auroc:
+            reasons.append(f"the question text alone tells the flagged samples apart (prompt AUROC "
+                           f"{evidence['prompt_auroc']:.2f} > {rule.max_prompt_auroc}): a mode of the prompts, "
+                           "not of a trigger")
     return Verdict(poisoned=not reasons, reasons=tuple(reasons), evidence=evidence)
