@@ -10,6 +10,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 
 from bye.cli import main
@@ -119,3 +120,14 @@ def test_lora_finetune_of_llava_next_batches_images_of_different_crop_counts():
     result = train(model, encoded, settings.train_config(), pad_token_id=processor.tokenizer.pad_token_id,
                    progress=False)
     assert result.epoch_losses[-1] < result.epoch_losses[0]
+
+
+def test_vision_inputs_pad_the_crop_axis_and_refuse_other_mismatches():
+    from bye.models.chat import concatenate_vision
+
+    crops = concatenate_vision("pixel_values", [torch.ones(1, 3, 3, 4, 4), torch.ones(1, 1, 3, 4, 4)])
+    assert crops.shape == (2, 3, 3, 4, 4) and crops[1, 1:].abs().sum() == 0 and crops[1, 0].eq(1).all()
+    patches = concatenate_vision("pixel_values", [torch.ones(16, 8), torch.ones(24, 8)])  # Qwen2-VL: one axis
+    assert patches.shape == (40, 8)
+    with pytest.raises(ValueError, match="cannot be batched"):
+        concatenate_vision("pixel_values", [torch.ones(1, 3, 4, 4), torch.ones(1, 3, 8, 8)])
