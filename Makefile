@@ -186,17 +186,22 @@ bench-projector: $(STAMP)
 	for m in bye answer_gain; do $(BIN)/python benchmarks/verdict.py --base models/base --seeds 1,2,3 --method $$m \
 	  --keep .cache/verdict_projector $(PROJECTOR) --name projector || exit 1; done
 
-# The verdict's prompt check (README, "Detection (BYE)") on BYE's one clean catch in these draws: SIG on base seed 3
-# with a trainable projector (F1 0.82), kept and rescored with the check on (the default) and off (~10 minutes).
-PROMPT_KEEP := .cache/prompt_check/seed3_projector
+# The verdict's prompt check (README, "Detection (BYE)") on BYE's two clean catches in the draws, SIG on base seed 3
+# and checkerboard on base seed 4, both with a trainable projector (F1 0.82, 0.84), and on the rebuilt base's default
+# draw (four triggers): kept, then rescored with the check on (the default) and off (~30 minutes).
+PROMPT := .cache/prompt_check
 bench-prompt-check: $(STAMP)
-	$(BIN)/dvc repro world
-	test -f .cache/bases/seed3/model.safetensors || $(BIN)/bye base .cache/bases/seed3 --seed 3
-	$(THREAT) --base .cache/bases/seed3 --triggers sig $(PROJECTOR) --keep $(PROMPT_KEEP) \
-	  --out .cache/prompt_check/threat.json
-	$(BIN)/python benchmarks/rescore.py $(PROMPT_KEEP) --out benchmarks/results/rescore_prompt.json
-	$(BIN)/python benchmarks/rescore.py $(PROMPT_KEEP) --set cluster.detectors.bye.verdict.max_prompt_auroc=null \
-	  --out benchmarks/results/rescore_prompt_off.json
+	$(BIN)/dvc repro world base
+	for n in 3 4; do test -f .cache/bases/seed$$n/model.safetensors || $(BIN)/bye base .cache/bases/seed$$n --seed $$n; done
+	$(THREAT) --base .cache/bases/seed3 --triggers sig $(PROJECTOR) --keep $(PROMPT)/seed3_projector \
+	  --out $(PROMPT)/threat_seed3.json
+	$(THREAT) --base .cache/bases/seed4 --triggers checkerboard $(PROJECTOR) --keep $(PROMPT)/seed4_projector \
+	  --out $(PROMPT)/threat_seed4.json
+	$(THREAT) --triggers $(RECIPE_TRIGGERS) --keep $(PROMPT)/rebuilt --out $(PROMPT)/threat_rebuilt.json
+	$(BIN)/python benchmarks/rescore.py $(PROMPT)/seed3_projector $(PROMPT)/seed4_projector $(PROMPT)/rebuilt \
+	  --out benchmarks/results/rescore_prompt.json
+	$(BIN)/python benchmarks/rescore.py $(PROMPT)/seed3_projector $(PROMPT)/seed4_projector $(PROMPT)/rebuilt \
+	  --set cluster.detectors.bye.verdict.max_prompt_auroc=null --out benchmarks/results/rescore_prompt_off.json
 
 clean:
 	rm -rf data/world models metrics reports .cache runs mlflow.db mlruns
