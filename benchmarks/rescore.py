@@ -1,6 +1,6 @@
 """Rescore kept extractions: detector settings against the same provisional models, without fine-tuning again.
 
-``threat.py --detect … --keep DIR`` keeps each trigger's extraction and ground truth under
+``threat.py --detect … --keep DIR`` keeps each trigger's extraction, manifest and ground truth under
 ``DIR/TRIGGER/``. This scores them again with ``--set`` overrides of ``params.yaml`` (the layer
 profile's rule, the verdict's thresholds), and reports per trigger: F1, AUROC, verdict, the sensitive
 layers, and per layer the AUROC of its entropy alone, the code rule's margin
@@ -24,25 +24,18 @@ from stages import run_detector
 
 from bye.config import load_params
 from bye.data.submission import read_manifest
-from bye.detect.api import SampleFeatures
-from bye.detect.scan import read_entropy
+from bye.detect.scan import read_features
 from bye.io import atomic_write_json, atomic_write_text
 from bye.metrics import detection_metrics
 
 
 def rescore(folder: Path, detector: str, params: dict) -> dict:
-    """``detector`` on one kept trigger folder (``extract/``, ``truth.json``)."""
-    ids, entropy = read_entropy(folder / "extract" / "entropy.csv")
+    """``detector`` on one kept trigger folder (``extract/``, ``train.json``, ``truth.json``)."""
+    features = read_features(read_manifest(folder / "train.json"), folder / "extract")
+    ids, entropy = features.ids, features.entropy
     truth_map = json.loads((folder / "truth.json").read_text())
     truth = np.array([truth_map[i] for i in ids])
-    extra = {}
-    if (folder / "train.json").exists():  # the submission's questions (the verdict's prompt check reads them)
-        questions = {s.id: s.question for s in read_manifest(folder / "train.json")}
-        extra["questions"] = [questions[i] for i in ids]
-    if (folder / "extract" / "signals.npz").exists():
-        with np.load(folder / "extract" / "signals.npz") as signals:
-            extra.update({k: signals[k] for k in signals.files})
-    result = run_detector(detector, SampleFeatures(ids=ids, entropy=entropy, extra=extra), truth, params)
+    result = run_detector(detector, features, truth, params)
     scores = np.nan_to_num(result.scores, nan=-np.inf, neginf=-1e9, posinf=1e9)
     metrics = detection_metrics(truth, result.flagged, scores)
     record = {**{k: metrics[k] for k in ("f1", "precision", "recall", "auroc", "removed")}, "verdict": result.verdict,

@@ -42,6 +42,12 @@ from families import (
 TOLERANCE = 1e-5
 
 
+def evaluating_model(build):
+    """``(model, processor)`` of a family builder, the model in eval mode."""
+    model, processor = build()
+    return model.eval(), processor
+
+
 @pytest.fixture(scope="module")
 def llava():
     model, processor = build_llava()
@@ -55,32 +61,27 @@ def llava():
 
 @pytest.fixture(scope="module")
 def qwen2_vl():
-    model, processor = build_qwen2_vl()
-    return model.eval(), processor
+    return evaluating_model(build_qwen2_vl)
 
 
 @pytest.fixture(scope="module")
 def llava_next():
-    model, processor = build_llava_next()
-    return model.eval(), processor
+    return evaluating_model(build_llava_next)
 
 
 @pytest.fixture(scope="module")
 def internvl():
-    model, processor = build_internvl()
-    return model.eval(), processor
+    return evaluating_model(build_internvl)
 
 
 @pytest.fixture(scope="module")
 def idefics3():
-    model, processor = build_idefics3()
-    return model.eval(), processor
+    return evaluating_model(build_idefics3)
 
 
 @pytest.fixture(scope="module")
 def gemma3():
-    model, processor = build_gemma3()
-    return model.eval(), processor
+    return evaluating_model(build_gemma3)
 
 
 # ---------------------------------------------------------------- reference path (published)
