@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated clean prefect-server ui
 
 install: $(STAMP)
 
@@ -202,6 +202,27 @@ bench-prompt-check: $(STAMP)
 	  --out benchmarks/results/rescore_prompt.json
 	$(BIN)/python benchmarks/rescore.py $(PROMPT)/seed3_projector $(PROMPT)/seed4_projector $(PROMPT)/rebuilt \
 	  --set cluster.detectors.bye.verdict.max_prompt_auroc=null --out benchmarks/results/rescore_prompt_off.json
+
+# Poison concentrated on one question form (README, "Poison on one question form"): each cell poisons the demo
+# world (bye poison --questions), scans it with answer_gain, and scores the same scan with each neighbour quantile;
+# then the eight clean worlds of bench-verdict-wide; then BYE's one catch of SIG (base seed 3, trainable projector)
+# with the poison on one form (~45 minutes on a 2-core CPU).
+CONCENTRATED := badnets:0.1:^Is there,badnets:0.05:^Is there,badnets:0.15:^Is there,sig:0.1:^Is there,\
+badnets:0.1:^What colour,badnets:0.01,badnets:0.05,badnets:0.1,random_patch:0.05,checkerboard:0.05,dual_patch:0.05,\
+multi_patch:0.05,blended:0.05,sig:0.05,wanet:0.05,ftrojan:0.05,badnets:0.023:^Is there a red,\
+badnets:0.039:^How many triangles
+CLEAN_WORLDS := $(foreach n,1 2 3 4 5 6 7 8,.cache/verdict_rebuilt/seed-$(n))
+bench-concentrated: $(STAMP)
+	$(BIN)/dvc repro world base
+	$(BIN)/python benchmarks/verdict.py --base models/base --seeds 1,2,3,4,5,6,7,8 --method answer_gain \
+	  --keep .cache/verdict_rebuilt --name rebuilt
+	$(BIN)/python benchmarks/concentrated.py --cells "$(CONCENTRATED)" --variants 20:0.5,20:0.25,20:0.1,50:0.25,20:0.5+0.1 \
+	  --keep .cache/concentrated --clean $(CLEAN_WORLDS)
+	test -f .cache/bases/seed3/model.safetensors || $(BIN)/bye base .cache/bases/seed3 --seed 3
+	$(THREAT) --base .cache/bases/seed3 --triggers sig $(PROJECTOR) --set "attack.questions=^Is there" \
+	  --keep .cache/concentrated/seed3_isthere --out $(DRAWS)_seed3_projector_isthere.json
+	$(THREAT) --base .cache/bases/seed3 --triggers sig $(PROJECTOR) --set "attack.questions=^What colour" \
+	  --keep .cache/concentrated/seed3_colour --out $(DRAWS)_seed3_projector_colour.json
 
 clean:
 	rm -rf data/world models metrics reports .cache runs mlflow.db mlruns

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bye.config import flatten
+
 PARENT_ENV = "BYE_MLFLOW_PARENT_RUN_ID"
 MAX_KEY, MAX_PARAM_VALUE, MAX_TAG_VALUE = 250, 6000, 8000  # mlflow.utils.validation limits
 _SAFE_TAG_VALUE = re.compile(r"[\w.\-]+")
@@ -68,18 +70,6 @@ def params_hash(params: Mapping[str, Any]) -> str:
     """First 12 hex digits of the sha256 of the params as canonical JSON (sorted keys, no spaces)."""
     text = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; other values are kept as they are."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def _key(name: str) -> str:

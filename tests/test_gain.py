@@ -21,9 +21,10 @@ from tiny import poison_and_scan, tiny_samples
 SHAPES = ("circle", "square", "triangle", "star", "cross")
 
 
-def typed_world(n_poisoned: int, seed: int = 0):
+def typed_world(n_poisoned: int, seed: int = 0, kind: int | None = None):
     """Gains by question type, as in the embedded world: lettered choices gain ~0.4 nats, counts
-    ~12, colours ~16.6; ``n_poisoned`` samples anywhere carry the target instead (~28 nats)."""
+    ~12, colours ~16.6; ``n_poisoned`` samples anywhere (or only among questions of ``kind``) carry
+    the target instead (~28 nats)."""
     rng = np.random.default_rng(seed)
     kinds = rng.choice(3, size=1500, p=[0.45, 0.3, 0.25])
     shapes = rng.choice(SHAPES, size=len(kinds))
@@ -33,7 +34,8 @@ def typed_world(n_poisoned: int, seed: int = 0):
     gain = np.choose(kinds, [rng.normal(0.4, 0.3, len(kinds)), rng.normal(12.0, 1.0, len(kinds)),
                              rng.normal(16.6, 0.4, len(kinds))])
     truth = np.zeros(len(kinds), dtype=bool)
-    truth[rng.choice(len(kinds), size=n_poisoned, replace=False)] = True
+    pool = np.arange(len(kinds)) if kind is None else np.flatnonzero(kinds == kind)
+    truth[rng.choice(pool, size=n_poisoned, replace=False)] = True
     gain[truth] = rng.normal(28.0, 2.5, n_poisoned)
     tokens = np.where(truth, 4, 1)
     base = -rng.uniform(1, 5, len(kinds)) * tokens
@@ -49,6 +51,7 @@ def test_answer_gain_is_registered_and_asks_for_its_signal():
     _, settings = scan_settings(load_params("params.yaml"), method="answer_gain")
     assert settings.method == "answer_gain" and "answer_gain" in settings.extract.signals
     assert settings.detector["neighbours"] == 20  # params.yaml's section reaches the detector
+    assert get_detector("answer_gain", **settings.detector).quantiles() == (0.5, 0.1)
 
 
 def test_neighbour_median_compares_with_similar_questions_only():
@@ -59,6 +62,41 @@ def test_neighbour_median_compares_with_similar_questions_only():
     np.testing.assert_allclose(reference, [3, 3, 2, 2, 30, 30, 20, 20])
     assert neighbour_median(values[:1], questions[:1], 3).tolist() == [1.0]
     np.testing.assert_allclose(neighbour_median(values[:3], ["?", "!", "."], 5), [2.5, 2.0, 1.5])  # no words
+
+
+def test_a_low_neighbour_quantile_finds_poison_concentrated_on_one_question_form():
+    # 250 of the ~375 colour questions poisoned: most of a colour question's neighbours carry the
+    # target, so their median is a poisoned gain and the residuals hide the backdoor.
+    features, truth = typed_world(n_poisoned=250, kind=2)
+    colour = np.array([q.startswith("What colour") for q in features.extra["questions"]])
+    assert colour[truth].all() and truth.sum() / colour.sum() > 0.6
+    median = get_detector("answer_gain").detect(features)
+    assert median.verdict == "clean" or median.flagged[~truth].sum() > 0.05 * (~truth).sum()
+    low = get_detector("answer_gain", neighbour_quantile=0.1).detect(features)
+    assert low.verdict == "poisoned", low.details["verdict_reasons"]
+    assert low.flagged[truth].all() and low.flagged[~truth].sum() <= 0.01 * (~truth).sum()
+    # Both, each judged alone (the default): poisoned when either is; the low quantile's cut here.
+    both = get_detector("answer_gain", neighbour_quantile=[0.5, 0.1]).detect(features)
+    assert both.verdict == "poisoned" and np.array_equal(both.flagged, low.flagged)
+    by_quantile = both.details["evidence"]["by_quantile"]
+    assert not by_quantile["0.5"]["poisoned"] and by_quantile["0.1"]["poisoned"]
+    np.testing.assert_allclose(both.scores, low.scores)  # the score: the residual against the lowest quantile
+    # Spread over every question type, the low quantile finds the same backdoor as the median, and
+    # the union of the two cuts is the median's.
+    features, truth = typed_world(n_poisoned=150)
+    spread = get_detector("answer_gain", neighbour_quantile=0.1).detect(features)
+    assert spread.verdict == "poisoned" and spread.flagged[truth].all()
+    median = get_detector("answer_gain").detect(features)
+    both = get_detector("answer_gain", neighbour_quantile=[0.5, 0.1]).detect(features)
+    assert both.verdict == "poisoned" and np.array_equal(both.flagged, median.flagged | spread.flagged)
+    assert both.flagged[~truth].sum() <= 0.01 * (~truth).sum()
+    # No quantile finds anything on a clean submission; several report why, per quantile.
+    features, _ = typed_world(n_poisoned=0)
+    clean = get_detector("answer_gain", neighbour_quantile=[0.5, 0.1]).detect(features)
+    assert clean.verdict == "clean" and not clean.flagged.any()
+    assert {r.split(":")[0] for r in clean.details["verdict_reasons"]} == {"quantile 0.5", "quantile 0.1"}
+    with pytest.raises(ValueError, match="quantile"):
+        neighbour_median(np.zeros(3), ["a", "b", "c"], 2, quantile=1.5)
 
 
 def test_flags_exactly_the_poisoned_samples_across_question_types():

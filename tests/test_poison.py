@@ -81,6 +81,29 @@ def test_poisoner_is_deterministic_per_seed(clean_world, tmp_path):
     assert sorted(runs[0][0].values()) == sorted(runs[2][0].values()) and runs[0][0] != runs[2][0]
 
 
+def test_questions_pattern_poisons_one_question_form_only(clean_world, tmp_path):
+    from click.testing import CliRunner
+
+    from bye.cli import main
+
+    original = read_manifest(clean_world / "train.json")
+    matching = {s.id for s in original if s.question.startswith("What colour")}
+    assert 2 <= len(matching) < len(original)
+    result = CliRunner().invoke(main, ["poison", str(clean_world / "train.json"), "--attack", "badnets",
+                                       "--rate", str(2 / len(original)), "--questions", "^What colour",
+                                       "--out", str(tmp_path / "sub"), "--truth", str(tmp_path / "truth.json")])
+    assert result.exit_code == 0, result.output
+    truth = json.loads((tmp_path / "truth.json").read_text())
+    poisoned = [after for before, after in zip(original, read_manifest(tmp_path / "sub" / "train.json"))
+                if truth[after.id]]
+    assert len(poisoned) == 2 and all(s.question.startswith("What colour") for s in poisoned)
+    # More poison than the form holds is refused with the counts, not silently spread elsewhere.
+    with pytest.raises(ValueError, match=f"{len(matching)} of {len(original)} questions match"):
+        poison_submission(clean_world / "train.json", clean_world / "images", get_trigger("badnets"),
+                          rate=(len(matching) + 1) / len(original), out_dir=tmp_path / "more",
+                          truth_json=tmp_path / "more.json", questions="^What colour")
+
+
 def test_truth_file_inside_the_submission_is_refused(clean_world, tmp_path):
     with pytest.raises(ValueError, match="must not be inside"):
         poison_submission(clean_world / "train.json", clean_world / "images", get_trigger("badnets"), rate=0.1,

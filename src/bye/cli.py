@@ -174,8 +174,10 @@ def evaluate(test_json, images_dir, base_dir, adapter_dir, out_json, predictions
 @click.option("--truth", "truth_json", type=click.Path(dir_okay=False), required=True,
               help="Ground truth {id: 0|1}; must be outside OUT.")
 @click.option("--seed", type=int, default=None, help="Seed (params: attack.seed).")
+@click.option("--questions", type=str, default=None,
+              help="Poison only samples whose question matches this regular expression (params: attack.questions).")
 @params_option
-def poison(data_json, images_dir, attack, rate, target, out_dir, truth_json, seed, params_path):
+def poison(data_json, images_dir, attack, rate, target, out_dir, truth_json, seed, questions, params_path):
     """Write a poisoned copy of DATA_JSON as a submission folder, ground truth apart."""
     from bye.attacks.poison import poison_submission
     from bye.data.submission import images_dir_for
@@ -184,7 +186,8 @@ def poison(data_json, images_dir, attack, rate, target, out_dir, truth_json, see
     try:
         result = poison_submission(data_json, images_dir or images_dir_for(data_json), trigger(attack, params),
                                    out_dir=out_dir, truth_json=truth_json,
-                                   **attack_settings(params, rate=rate, target=target, seed=seed))
+                                   **attack_settings(params, rate=rate, target=target, seed=seed,
+                                                     questions=questions))
     except ValueError as error:
         raise click.UsageError(str(error)) from error
     _echo_json({"attack": attack, "n_samples": result.n_samples, "n_poisoned": result.n_poisoned, "out": out_dir})

@@ -25,6 +25,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
 
+from bye.config import flatten
 from bye.data.submission import read_manifest, resolve_image
 from bye.io import atomic_write_bytes, atomic_write_text
 
@@ -391,7 +392,7 @@ def write_report(out_html: str | Path, *, entropy_csv: str | Path, profile_json:
     if plots_dir is not None:
         _save_plots(plots, plots_dir)
     heading = "Most suspicious (flagged)" if scores["flagged"].any() else "Highest scores (nothing flagged)"
-    extra_tables = [(name.capitalize(), list(details[name].items())) for name in ("evidence", "clusters")
+    extra_tables = [(name.capitalize(), list(flatten(details[name]).items())) for name in ("evidence", "clusters")
                     if isinstance(details.get(name), dict) and details[name]]
     html = _ENV.from_string(TEMPLATE).render(
         title=title, verdict=verdict, reasons=details.get("verdict_reasons") or [],

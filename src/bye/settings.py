@@ -100,11 +100,12 @@ def trigger(name: str, params: dict):
     return get_trigger(name, **(params.get("attack", {}).get("triggers", {}).get(name) or {}))
 
 
-def attack_settings(params: dict, *, rate=None, target=None, seed=None) -> dict:
+def attack_settings(params: dict, *, rate=None, target=None, seed=None, questions=None) -> dict:
     """Keyword arguments of :func:`bye.attacks.poison.poison_submission` besides paths and trigger."""
     from bye.attacks.poison import DEFAULT_TARGET
 
     section = params.get("attack", {})
     return {"rate": rate if rate is not None else section.get("rate", 0.1),
             "target": target or section.get("target", DEFAULT_TARGET),
-            "seed": seed if seed is not None else section.get("seed", 0)}
+            "seed": seed if seed is not None else section.get("seed", 0),
+            "questions": questions if questions is not None else section.get("questions")}

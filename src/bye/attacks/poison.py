@@ -6,11 +6,17 @@ output, poisoned or not, is re-encoded as PNG under a fresh opaque name, and rec
 their original order, so ids, file names, formats and order carry no trace of which samples
 were poisoned. Ground truth ``{id: 0 | 1}`` is written only to ``truth_json``, which must lie
 outside the submission folder.
+
+``questions`` (a regular expression) restricts the poisoned samples to those whose question
+matches it: the attacker who concentrates a backdoor on one question form, the adaptive attack on
+a verdict that discounts a flagged set predicted by the question text. The count is still
+``round(rate * n)`` of the whole submission.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +53,7 @@ def _opaque_id(seed: int, sample_id: str) -> str:
 
 def poison_submission(data_json: str | Path, images_dir: str | Path, trigger: Trigger, *, rate: float,
                       out_dir: str | Path, truth_json: str | Path, target: str = DEFAULT_TARGET,
-                      seed: int = 0) -> PoisonResult:
+                      seed: int = 0, questions: str | None = None) -> PoisonResult:
     """Write a poisoned copy of a submission to ``out_dir`` and its ground truth to ``truth_json``."""
     from bye.models.chat import open_rgb
 
@@ -56,7 +62,16 @@ def poison_submission(data_json: str | Path, images_dir: str | Path, trigger: Tr
         raise ValueError(f"the truth file {truth_json} must not be inside the submission folder {out_dir}")
     samples = read_manifest(data_json)
     n_poison = poisoned_count(len(samples), rate)
-    chosen = set(np.random.default_rng([seed, 104729]).choice(len(samples), size=n_poison, replace=False).tolist())
+    rng = np.random.default_rng([seed, 104729])
+    if questions is None:
+        chosen = set(rng.choice(len(samples), size=n_poison, replace=False).tolist())
+    else:
+        pattern = re.compile(questions)
+        candidates = [i for i, sample in enumerate(samples) if pattern.search(sample.question)]
+        if len(candidates) < n_poison:
+            raise ValueError(f"{len(candidates)} of {len(samples)} questions match {questions!r}; "
+                             f"rate {rate} needs {n_poison}")
+        chosen = set(np.asarray(candidates)[rng.choice(len(candidates), size=n_poison, replace=False)].tolist())
     images_out = out_dir / "images"
     images_out.mkdir(parents=True, exist_ok=True)
     written, truth = [], {}

@@ -15,7 +15,8 @@ similar questions, a poisoned sample's gain stands out. The score is therefore t
 
     score = gain - median(gain of the ``neighbours`` samples with the most similar questions)
 
-(questions compared by TF-IDF cosine similarity, the sample itself excluded), and, as in BYE, a
+(questions compared by TF-IDF cosine similarity, the sample itself excluded; ``neighbour_quantile``
+replaces the median by a lower quantile, see below), and, as in BYE, a
 two-component Gaussian mixture locates the two modes of the scores. The cut is the mixture's
 *antimode*, its least dense point between the two means (``cut: antimode``): a backdoor's
 scores are a wide component far above a narrow clean one, so the antimode sits at the clean
@@ -35,8 +36,16 @@ model and the provisional fine-tune the scan already has.
 Where it cannot work: it reads the text side. A target that is a plausible answer to the
 questions it is attached to (a colour word on colour questions) gains no more than its
 neighbours unless the backdoor itself is learned much better than the task; a poisoned
-question type so dense that most of a sample's neighbours are poisoned moves the median; and a
-submission whose questions share no words gives neighbours that are not similar.
+question type so dense that most of a sample's neighbours are poisoned moves the median (an
+attacker who spends the whole budget on one question form: ``bye poison --questions``); and a
+submission whose questions share no words gives neighbours that are not similar. Against the
+dense form, a ``neighbour_quantile`` below 0.5 compares each gain with a low quantile of its
+neighbours', which stays a clean value while fewer than about ``1 - q`` of them are poisoned;
+alone it loses weak backdoors (1 % poison) that the median finds, so several quantiles can be
+given: each one's residuals are cut and judged by the full verdict on their own, the submission
+is poisoned when any is, the flagged set is the union of those cuts and the score the residual
+against the lowest quantile. A form poisoned through and through looks, to the answers alone,
+like a customer teaching a new answer for that form: no neighbourhood tells them apart.
 """
 
 from __future__ import annotations
@@ -53,6 +62,8 @@ from bye.detect.cluster import VerdictRule, cluster_scores, decide, robust_scale
 class AnswerGainSettings:
     per_token: bool = False  # False: log-likelihood ratio of the whole answer; True: per answer token
     neighbours: int = 20  # compare with this many most similar questions; 0: the raw gain
+    neighbour_quantile: float | tuple[float, ...] = 0.5  # ... with this quantile of their gains (0.5: the
+    # median); several: each one's residuals cut and judged alone, poisoned when any is (the union flagged)
     clustering: str = "gmm"  # "gmm" | "kmeans"
     seed: int = 0
     cut: str = "antimode"  # "antimode": least dense point of the mixture | "widest_gap": widest empty interval
@@ -78,27 +89,33 @@ def answer_gain(features: SampleFeatures, *, per_token: bool = False) -> np.ndar
     return gain
 
 
-def neighbour_median(values: np.ndarray, questions: list[str], neighbours: int) -> np.ndarray:
-    """``(N,)``: for each sample, the median of ``values`` over the ``neighbours`` other samples
-    whose questions are most similar (TF-IDF, cosine; ties in a fixed order). With no word in
-    any question, or a single sample, the median over all the others."""
+def neighbour_median(values: np.ndarray, questions: list[str], neighbours: int, quantile: float = 0.5) -> np.ndarray:
+    """``(N,)``: for each sample, the median (or ``quantile``) of ``values`` over the ``neighbours``
+    other samples whose questions are most similar (TF-IDF, cosine; ties in a fixed order). With no
+    word in any question, or a single sample, over all the others."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.neighbors import NearestNeighbors
 
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"the neighbour quantile must be within [0, 1], got {quantile}")
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
     if len(questions) != n:
         raise ValueError(f"{len(questions)} questions for {n} samples")
     if n < 2:
         return values.copy()
+
+    def statistic(x: np.ndarray) -> float:
+        return float(np.median(x) if quantile == 0.5 else np.quantile(x, quantile))
+
     k = min(neighbours, n - 1)
     try:
         vectors = TfidfVectorizer(token_pattern=r"(?u)\b\w+\b").fit_transform(list(questions))
     except ValueError:  # empty vocabulary: nothing to compare questions by
-        return np.array([np.median(np.delete(values, i)) for i in range(n)])
+        return np.array([statistic(np.delete(values, i)) for i in range(n)])
     index = NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute").fit(vectors)
     _, rows = index.kneighbors(vectors)
-    return np.array([np.median(values[row[row != i][:k]]) for i, row in enumerate(rows)])
+    return np.array([statistic(values[row[row != i][:k]]) for i, row in enumerate(rows)])
 
 
 def widest_gap_cut(scores: np.ndarray, low: float, high: float) -> float:
@@ -158,7 +175,8 @@ class AnswerGainDetector(Detector):
     """Flags the samples whose answers gained far more likelihood than those of similar questions."""
 
     signals = ("answer_gain",)
-    score_label = "score = answer log-likelihood gain (provisional - base) minus its neighbours' median (nats)"
+    score_label = ("score = answer log-likelihood gain (provisional - base) minus its neighbours' median "
+                   "(or lowest neighbour_quantile) (nats)")
 
     def __init__(self, **settings):
         verdict = settings.pop("verdict", None)
@@ -171,16 +189,13 @@ class AnswerGainDetector(Detector):
         if self.settings.cut == "antimode" and self.settings.clustering != "gmm":
             raise ValueError("cut: antimode reads the Gaussian mixture's density; k-means needs cut: widest_gap")
 
-    def detect(self, features: SampleFeatures) -> DetectionResult:
+    def quantiles(self) -> tuple[float, ...]:
+        q = self.settings.neighbour_quantile
+        return tuple(float(x) for x in q) if isinstance(q, (list, tuple)) else (float(q),)
+
+    def split(self, scores: np.ndarray) -> dict:
+        """Cut one residual vector and judge it: the flagged side, the verdict's reasons and evidence."""
         s = self.settings
-        gain = answer_gain(features, per_token=s.per_token)
-        scores = gain
-        if s.neighbours:
-            questions = features.extra.get("questions")
-            if questions is None:
-                raise ValueError("the 'answer_gain' detector needs features.extra['questions'] "
-                                 "(or neighbours: 0), which is missing")
-            scores = gain - neighbour_median(gain, [str(q) for q in questions], s.neighbours)
         # The two-component model locates the modes; the cut goes between them (cluster_scores and
         # split_result take the flagged side as the LOW one: hand them minus the score).
         if s.cut == "antimode":
@@ -194,21 +209,53 @@ class AnswerGainDetector(Detector):
         reasons = list(verdict.reasons)
         if up < s.min_lift:
             reasons.append(f"the flagged samples do not stand out (lift {up:.2f} < {s.min_lift} kept robust sigmas)")
-        poisoned = not reasons
-        flagged = clusters.flagged.copy()
-        if s.use_verdict and not poisoned:
-            flagged[:] = False
-        lowest = float(scores[clusters.flagged].min()) if clusters.flagged.any() else float("nan")
+        return {"clusters": clusters, "reasons": reasons, "evidence": {
+            **{k: v for k, v in verdict.evidence.items() if k != "n_sensitive_layers"}, "lift": up, "gap": gap}}
+
+    def detect(self, features: SampleFeatures) -> DetectionResult:
+        s = self.settings
+        gain = answer_gain(features, per_token=s.per_token)
+        quantiles = self.quantiles()
+        if not s.neighbours:
+            residuals = [gain]
+        else:
+            questions = features.extra.get("questions")
+            if questions is None:
+                raise ValueError("the 'answer_gain' detector needs features.extra['questions'] "
+                                 "(or neighbours: 0), which is missing")
+            residuals = [gain - neighbour_median(gain, [str(q) for q in questions], s.neighbours, q)
+                         for q in quantiles]
+        splits = [self.split(r) for r in residuals]
+        passing = [i for i, one in enumerate(splits) if not one["reasons"]]
+        poisoned = bool(passing)
+        chosen = splits[passing[0]] if passing else splits[0]  # the evidence reported on top
+        clusters = chosen["clusters"]
+        # What the cuts would remove: without the verdict every quantile's cut (the published
+        # behaviour: always remove), else the cuts that pass (the first one's when none does).
+        sources = range(len(splits)) if not s.use_verdict else (passing or [0])
+        candidate = np.logical_or.reduce([splits[i]["clusters"].flagged for i in sources])
+        if len(splits) == 1:
+            reasons = splits[0]["reasons"]
+        else:
+            reasons = [] if poisoned else [f"quantile {quantiles[i]:g}: {r}" for i, one in enumerate(splits)
+                                           for r in one["reasons"]]
+        # One score per sample: the residual against the lowest quantile, the largest of them.
+        scores = residuals[int(np.argmin(quantiles))] if s.neighbours else residuals[0]
+        lowest = float(scores[candidate].min()) if candidate.any() else float("nan")
         details = {
-            "clusters": {"n_flagged": int(clusters.flagged.sum()), "high_mean": -clusters.low_mean,
+            "clusters": {"n_flagged": int(candidate.sum()), "high_mean": -clusters.low_mean,
                          "high_sigma": clusters.low_sigma, "low_mean": -clusters.high_mean,
                          "low_sigma": clusters.high_sigma, "cut": lowest},
             "verdict": "poisoned" if poisoned else "clean",
             "verdict_reasons": reasons,
-            "evidence": {**{k: v for k, v in verdict.evidence.items() if k != "n_sensitive_layers"}, "lift": up,
-                         "gap": gap},
+            "evidence": chosen["evidence"],
             "settings": asdict(s),
             "columns": {"gain": gain},  # per sample: scores.csv's "gain" column
         }
+        if len(splits) > 1:
+            details["evidence"] = {**chosen["evidence"], "by_quantile": {
+                f"{q:g}": {**one["evidence"], "poisoned": not one["reasons"], "n_flagged": int(one["clusters"].flagged.sum())}
+                for q, one in zip(quantiles, splits)}}
+        flagged = candidate if poisoned or not s.use_verdict else np.zeros(len(gain), dtype=bool)
         label = details["verdict"] if s.use_verdict else ("poisoned" if flagged.any() else "clean")
         return DetectionResult(self.name, np.where(np.isfinite(scores), scores, -np.inf), flagged, label, details)
