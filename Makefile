@@ -206,11 +206,13 @@ bench-prompt-check: $(STAMP)
 # Poison concentrated on one question form (README, "Poison on one question form"): each cell poisons the demo
 # world (bye poison --questions), scans it with answer_gain, and scores the same scan with each neighbour quantile;
 # then the eight clean worlds of bench-verdict-wide; then BYE's one catch of SIG (base seed 3, trainable projector)
-# with the poison on one form (~45 minutes on a 2-core CPU).
+# with the poison on one form (~60 minutes on a 2-core CPU).
 CONCENTRATED := badnets:0.1:^Is there,badnets:0.05:^Is there,badnets:0.15:^Is there,sig:0.1:^Is there,\
 badnets:0.1:^What colour,badnets:0.01,badnets:0.05,badnets:0.1,random_patch:0.05,checkerboard:0.05,dual_patch:0.05,\
 multi_patch:0.05,blended:0.05,sig:0.05,wanet:0.05,ftrojan:0.05,badnets:0.023:^Is there a red,\
-badnets:0.039:^How many triangles
+badnets:0.039:^How many triangles,random_patch:0.01,checkerboard:0.01,dual_patch:0.01,multi_patch:0.01,blended:0.01,\
+sig:0.01,wanet:0.01,ftrojan:0.01,random_patch:0.1,checkerboard:0.1,dual_patch:0.1,multi_patch:0.1,blended:0.1,sig:0.1,\
+wanet:0.1,ftrojan:0.1,badnets:0.2,badnets:0.3,sig:0.3
 CLEAN_WORLDS := $(foreach n,1 2 3 4 5 6 7 8,.cache/verdict_rebuilt/seed-$(n))
 bench-concentrated: $(STAMP)
 	$(BIN)/dvc repro world base

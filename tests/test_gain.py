@@ -90,6 +90,12 @@ def test_a_low_neighbour_quantile_finds_poison_concentrated_on_one_question_form
     both = get_detector("answer_gain", neighbour_quantile=[0.5, 0.1]).detect(features)
     assert both.verdict == "poisoned" and np.array_equal(both.flagged, median.flagged | spread.flagged)
     assert both.flagged[~truth].sum() <= 0.01 * (~truth).sum()
+    # The union stays a minority: when the cuts together pass the verdict's share, the first one alone.
+    largest = max(median.flagged.sum(), spread.flagged.sum())
+    assert both.flagged.sum() > largest  # here the two cuts differ by a few clean samples
+    capped = get_detector("answer_gain", neighbour_quantile=[0.5, 0.1],
+                          verdict={"max_flagged_fraction": largest / len(truth)}).detect(features)
+    assert capped.verdict == "poisoned" and np.array_equal(capped.flagged, median.flagged)
     # No quantile finds anything on a clean submission; several report why, per quantile.
     features, _ = typed_world(n_poisoned=0)
     clean = get_detector("answer_gain", neighbour_quantile=[0.5, 0.1]).detect(features)

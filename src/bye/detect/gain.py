@@ -43,8 +43,9 @@ dense form, a ``neighbour_quantile`` below 0.5 compares each gain with a low qua
 neighbours', which stays a clean value while fewer than about ``1 - q`` of them are poisoned;
 alone it loses weak backdoors (1 % poison) that the median finds, so several quantiles can be
 given: each one's residuals are cut and judged by the full verdict on their own, the submission
-is poisoned when any is, the flagged set is the union of those cuts and the score the residual
-against the lowest quantile. A form poisoned through and through looks, to the answers alone,
+is poisoned when any is, the flagged set is the union of those cuts (the first passing cut alone
+when the union would exceed the verdict's minority share) and the score the residual against the
+lowest quantile. A form poisoned through and through looks, to the answers alone,
 like a customer teaching a new answer for that form: no neighbourhood tells them apart.
 """
 
@@ -234,6 +235,8 @@ class AnswerGainDetector(Detector):
         # behaviour: always remove), else the cuts that pass (the first one's when none does).
         sources = range(len(splits)) if not s.use_verdict else (passing or [0])
         candidate = np.logical_or.reduce([splits[i]["clusters"].flagged for i in sources])
+        if s.use_verdict and candidate.mean() > s.verdict.max_flagged_fraction:
+            candidate = chosen["clusters"].flagged.copy()  # each cut is a minority; keep their union one too
         if len(splits) == 1:
             reasons = splits[0]["reasons"]
         else:
