@@ -59,6 +59,7 @@ def main() -> None:
     lora, settings = scan_settings(params, method=args.method)
     name = ("verdict" if settings.method == "bye" else f"verdict_{settings.method}") + (f"_{args.name}" if args.name else "")
     scene = build(WorldConfig, params.get("world", {}).get("scene"))
+    task = params.get("world", {}).get("task", "mixed")  # --set world.task=vqa|mcq: other submission types
     rows = []
     rescored = False
     began = time.perf_counter()
@@ -76,7 +77,7 @@ def main() -> None:
                 record = cluster_submission(data, scan, scan, profile_json=profile,
                                             method=settings.method, detector=settings.detector)
             else:
-                write_world(tmp / "world", n_train=args.n_train, n_test=0, seed=seed, config=scene)
+                write_world(tmp / "world", n_train=args.n_train, n_test=0, seed=seed, task=task, config=scene)
                 record = scan_submission(data, tmp / "world" / "images", args.base, scan,
                                          finetune_settings=lora, settings=settings, progress=False)
             features = read_features(read_manifest(data), scan)
@@ -96,6 +97,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     summary = {
         "method": settings.method,
+        "task": task,
         "overrides": args.overrides,
         "worlds": rows,
         "false_alarm_rate": float(np.mean([r["verdict"] == "poisoned" for r in rows])),
