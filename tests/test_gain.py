@@ -75,6 +75,11 @@ def test_a_low_neighbour_quantile_finds_poison_concentrated_on_one_question_form
     low = get_detector("answer_gain", neighbour_quantile=0.1).detect(features)
     assert low.verdict == "poisoned", low.details["verdict_reasons"]
     assert low.flagged[truth].all() and low.flagged[~truth].sum() <= 0.01 * (~truth).sum()
+    # A cut against a quantile below the median answers to its own, stricter lift; the median's does not.
+    lift = low.details["evidence"]["lift"]
+    strict = get_detector("answer_gain", neighbour_quantile=0.1, low_quantile_min_lift=lift + 1).detect(features)
+    assert strict.verdict == "clean" and any(f"< {lift + 1}" in r for r in strict.details["verdict_reasons"])
+    assert get_detector("answer_gain", low_quantile_min_lift=1e9).detect(features).verdict == median.verdict
     # Both, each judged alone (the default): poisoned when either is; the low quantile's cut here.
     both = get_detector("answer_gain", neighbour_quantile=[0.5, 0.1]).detect(features)
     assert both.verdict == "poisoned" and np.array_equal(both.flagged, low.flagged)

@@ -42,7 +42,9 @@ submission whose questions share no words gives neighbours that are not similar.
 dense form, a ``neighbour_quantile`` below 0.5 compares each gain with a low quantile of its
 neighbours', which stays a clean value while fewer than about ``1 - q`` of them are poisoned;
 alone it loses weak backdoors (1 % poison) that the median finds, so several quantiles can be
-given: each one's residuals are cut and judged by the full verdict on their own, the submission
+given: each one's residuals are cut and judged by the full verdict on their own (a quantile below
+the median with the stricter ``low_quantile_min_lift``: on clean multiple-choice-only worlds such a
+cut's flagged side reached a lift of 8.2, while every backdoor it caught sat at 13 or more), the submission
 is poisoned when any is, the flagged set is the union of those cuts (the first passing cut alone
 when the union would exceed the verdict's minority share) and the score the residual against the
 lowest quantile. A form poisoned through and through looks, to the answers alone,
@@ -69,6 +71,7 @@ class AnswerGainSettings:
     seed: int = 0
     cut: str = "antimode"  # "antimode": least dense point of the mixture | "widest_gap": widest empty interval
     min_lift: float = 6.0  # verdict: flagged median this many kept robust sigmas above the kept median
+    low_quantile_min_lift: float = 10.0  # the same for a cut against a quantile below the median
     verdict: VerdictRule = VerdictRule()
     use_verdict: bool = True  # False: always remove the high component
 
@@ -194,9 +197,10 @@ class AnswerGainDetector(Detector):
         q = self.settings.neighbour_quantile
         return tuple(float(x) for x in q) if isinstance(q, (list, tuple)) else (float(q),)
 
-    def split(self, scores: np.ndarray) -> dict:
+    def split(self, scores: np.ndarray, quantile: float = 0.5) -> dict:
         """Cut one residual vector and judge it: the flagged side, the verdict's reasons and evidence."""
         s = self.settings
+        min_lift = s.min_lift if quantile >= 0.5 else s.low_quantile_min_lift
         # The two-component model locates the modes; the cut goes between them (cluster_scores and
         # split_result take the flagged side as the LOW one: hand them minus the score).
         if s.cut == "antimode":
@@ -208,8 +212,8 @@ class AnswerGainDetector(Detector):
         verdict = decide(-scores, 1, clusters, s.verdict, seed=s.seed)
         gap, up = empty_gap(scores, clusters.flagged), lift(scores, clusters.flagged)
         reasons = list(verdict.reasons)
-        if up < s.min_lift:
-            reasons.append(f"the flagged samples do not stand out (lift {up:.2f} < {s.min_lift} kept robust sigmas)")
+        if up < min_lift:
+            reasons.append(f"the flagged samples do not stand out (lift {up:.2f} < {min_lift} kept robust sigmas)")
         return {"clusters": clusters, "reasons": reasons, "evidence": {
             **{k: v for k, v in verdict.evidence.items() if k != "n_sensitive_layers"}, "lift": up, "gap": gap}}
 
@@ -226,7 +230,7 @@ class AnswerGainDetector(Detector):
                                  "(or neighbours: 0), which is missing")
             residuals = [gain - neighbour_median(gain, [str(q) for q in questions], s.neighbours, q)
                          for q in quantiles]
-        splits = [self.split(r) for r in residuals]
+        splits = [self.split(r, q) for r, q in zip(residuals, quantiles if s.neighbours else (0.5,))]
         passing = [i for i, one in enumerate(splits) if not one["reasons"]]
         poisoned = bool(passing)
         chosen = splits[passing[0]] if passing else splits[0]  # the evidence reported on top
