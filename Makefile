@@ -104,8 +104,8 @@ bench-verdict: $(STAMP)
 
 # The verdict's false alarms over eight clean worlds (seeds 1-8) on the base as this machine builds it
 # (README, "Detection (BYE)"; the committed *_rebuilt files: the AMD EPYC's build of the seed-0 base,
-# model.safetensors md5 51d93091), then answer_gain (seeds 1-8) and BYE (1-3) on short-answer-only and
-# multiple-choice-only worlds (world.task). Research, not part of `bench`: about 100 minutes on a 2-core CPU.
+# model.safetensors md5 51d93091), then both on short-answer-only and multiple-choice-only worlds (world.task).
+# Research, not part of `bench`: about 2 hours on a 2-core CPU.
 bench-verdict-wide: $(STAMP)
 	$(BIN)/dvc repro dvc.yaml:base
 	for m in answer_gain bye; do $(BIN)/python benchmarks/verdict.py --base models/base --seeds 1,2,3,4,5,6,7,8 \
@@ -114,7 +114,7 @@ bench-verdict-wide: $(STAMP)
 	  --keep .cache/verdict_rebuilt --set cluster.detectors.bye.verdict.max_prompt_auroc=null --name rebuilt_noprompt
 	for t in vqa mcq; do $(BIN)/python benchmarks/verdict.py --base models/base --seeds 1,2,3,4,5,6,7,8 --method answer_gain \
 	  --set world.task=$$t --keep .cache/verdict_$$t --name $$t && $(BIN)/python benchmarks/verdict.py --base models/base \
-	  --seeds 1,2,3 --method bye --set world.task=$$t --keep .cache/verdict_$$t --name $$t || exit 1; done
+	  --seeds 1,2,3,4,5,6,7,8 --method bye --set world.task=$$t --keep .cache/verdict_$$t --name $$t || exit 1; done
 
 # What the embedded model does and does not learn (README, "It is a multi-task plateau"); research
 # measurements, not product targets, so not part of `bench`. About 45 minutes on a 2-core CPU.
