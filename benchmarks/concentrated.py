@@ -49,8 +49,7 @@ def parse_cell(text: str) -> tuple[str, float, str | None]:
 
 
 def score(features, truth: np.ndarray | None, detector: dict, neighbours: int, quantile: tuple[float, ...]) -> dict:
-    result = get_detector("answer_gain", **{**detector, "neighbours": neighbours,
-                                            "neighbour_quantile": quantile[0] if len(quantile) == 1 else quantile}
+    result = get_detector("answer_gain", **{**detector, "neighbours": neighbours, "neighbour_quantile": quantile}
                           ).detect(features)
     record = {"verdict": result.verdict, "removed": float(result.flagged.mean()),
               "lift": result.details["evidence"].get("lift"), "reasons": list(result.details["verdict_reasons"])}
@@ -84,9 +83,9 @@ def main() -> None:
         folder = args.keep / "-".join(filter(None, [name, f"{rate:g}", pattern and pattern.strip("^").replace(" ", "_")]))
         submission, truth_json, scan = folder / "submission", folder / "truth.json", folder / "scan"
         if not (scan / "verdict.json").exists():
-            poison_submission(args.world / "train.json", args.world / "images", trigger(name, params), rate=rate,
-                              out_dir=submission, truth_json=truth_json, target=attack_settings(params)["target"],
-                              seed=attack_settings(params)["seed"], questions=pattern)
+            poison_submission(args.world / "train.json", args.world / "images", trigger(name, params),
+                              out_dir=submission, truth_json=truth_json,
+                              **{**attack_settings(params), "rate": rate, "questions": pattern})
             scan_submission(submission / "train.json", submission / "images", args.base, scan,
                             finetune_settings=lora, settings=settings, progress=False)
         samples = read_manifest(submission / "train.json")
@@ -102,7 +101,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     clean = []
     for folder in args.clean:
-        scan = next(iter(sorted(folder.glob("scan-1ep"))), None) or next(iter(sorted(folder.glob("scan-*"))))
+        scan = folder / f"scan-{lora.epochs:g}ep"  # verdict.py's scan with answer_gain's provisional length
         features = read_features(read_manifest(folder / "world" / "train.json"), scan)
         clean.append({"world": folder.name, "variants": {key(n, q): score(features, None, settings.detector, n, q)
                                                          for n, q in variants}})

@@ -107,7 +107,8 @@ def main() -> None:
     if args.gallery:
         gallery(args.world, available_triggers(), RESULTS / "triggers.png")
 
-    poison_seed, poison_questions = (attack_settings(params)[key] for key in ("seed", "questions"))
+    attack = attack_settings(params)
+    poison_seed = attack["seed"]
     results: dict = {"rate": args.rate, "overrides": args.overrides, "poison_seed": poison_seed, "machine": machine(),
                      "finetune": asdict(lora), "world": str(args.world), "base": str(args.base), "base_image_tokens": json.loads((args.base / "config.json").read_text())
                      .get("image_seq_length")}
@@ -124,7 +125,7 @@ def main() -> None:
             sub = tmp / name
             poison_submission(args.world / "train.json", args.world / "images", trigger, rate=args.rate,
                               out_dir=sub, truth_json=tmp / f"{name}.truth.json", seed=poison_seed,
-                              questions=poison_questions)
+                              questions=attack["questions"])
             finetune(sub / "train.json", sub / "images", args.base, sub / "adapter", lora, progress=False)
             metrics = run_evaluation(args.world / "test.json", args.world / "images", args.base, sub / "adapter",
                                      settings, trigger=trigger, progress=False)

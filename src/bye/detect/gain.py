@@ -97,29 +97,37 @@ def neighbour_median(values: np.ndarray, questions: list[str], neighbours: int, 
     """``(N,)``: for each sample, the median (or ``quantile``) of ``values`` over the ``neighbours``
     other samples whose questions are most similar (TF-IDF, cosine; ties in a fixed order). With no
     word in any question, or a single sample, over all the others."""
+    return neighbour_quantiles(values, questions, neighbours, (quantile,))[0]
+
+
+def neighbour_quantiles(values: np.ndarray, questions: list[str], neighbours: int,
+                        quantiles: tuple[float, ...]) -> list[np.ndarray]:
+    """:func:`neighbour_median` for several quantiles, the neighbours found once."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.neighbors import NearestNeighbors
 
-    if not 0.0 <= quantile <= 1.0:
-        raise ValueError(f"the neighbour quantile must be within [0, 1], got {quantile}")
+    for quantile in quantiles:
+        if not 0.0 <= quantile <= 1.0:
+            raise ValueError(f"the neighbour quantile must be within [0, 1], got {quantile}")
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
     if len(questions) != n:
         raise ValueError(f"{len(questions)} questions for {n} samples")
     if n < 2:
-        return values.copy()
+        return [values.copy() for _ in quantiles]
 
-    def statistic(x: np.ndarray) -> float:
-        return float(np.median(x) if quantile == 0.5 else np.quantile(x, quantile))
+    def statistics(rows: list[np.ndarray]) -> list[np.ndarray]:  # np.median itself for 0.5: bit-identical
+        return [np.array([float(np.median(values[row]) if q == 0.5 else np.quantile(values[row], q)) for row in rows])
+                for q in quantiles]
 
     k = min(neighbours, n - 1)
     try:
         vectors = TfidfVectorizer(token_pattern=r"(?u)\b\w+\b").fit_transform(list(questions))
     except ValueError:  # empty vocabulary: nothing to compare questions by
-        return np.array([statistic(np.delete(values, i)) for i in range(n)])
+        return statistics([np.delete(np.arange(n), i) for i in range(n)])
     index = NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute").fit(vectors)
     _, rows = index.kneighbors(vectors)
-    return np.array([statistic(values[row[row != i][:k]]) for i, row in enumerate(rows)])
+    return statistics([row[row != i][:k] for i, row in enumerate(rows)])
 
 
 def widest_gap_cut(scores: np.ndarray, low: float, high: float) -> float:
@@ -220,17 +228,17 @@ class AnswerGainDetector(Detector):
     def detect(self, features: SampleFeatures) -> DetectionResult:
         s = self.settings
         gain = answer_gain(features, per_token=s.per_token)
-        quantiles = self.quantiles()
-        if not s.neighbours:
-            residuals = [gain]
+        if not s.neighbours:  # the raw gain: no neighbours, so no quantile of theirs
+            quantiles, residuals = (0.5,), [gain]
         else:
             questions = features.extra.get("questions")
             if questions is None:
                 raise ValueError("the 'answer_gain' detector needs features.extra['questions'] "
                                  "(or neighbours: 0), which is missing")
-            residuals = [gain - neighbour_median(gain, [str(q) for q in questions], s.neighbours, q)
-                         for q in quantiles]
-        splits = [self.split(r, q) for r, q in zip(residuals, quantiles if s.neighbours else (0.5,))]
+            quantiles = self.quantiles()
+            residuals = [gain - baseline for baseline in
+                         neighbour_quantiles(gain, [str(q) for q in questions], s.neighbours, quantiles)]
+        splits = [self.split(r, q) for r, q in zip(residuals, quantiles)]
         passing = [i for i, one in enumerate(splits) if not one["reasons"]]
         poisoned = bool(passing)
         chosen = splits[passing[0]] if passing else splits[0]  # the evidence reported on top
@@ -247,7 +255,7 @@ class AnswerGainDetector(Detector):
             reasons = [] if poisoned else [f"quantile {quantiles[i]:g}: {r}" for i, one in enumerate(splits)
                                            for r in one["reasons"]]
         # One score per sample: the residual against the lowest quantile, the largest of them.
-        scores = residuals[int(np.argmin(quantiles))] if s.neighbours else residuals[0]
+        scores = residuals[int(np.argmin(quantiles))]
         lowest = float(scores[candidate].min()) if candidate.any() else float("nan")
         details = {
             "clusters": {"n_flagged": int(candidate.sum()), "high_mean": -clusters.low_mean,
