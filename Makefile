@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated bench-trigger-probe clean prefect-server ui
 
 install: $(STAMP)
 
@@ -206,6 +206,22 @@ bench-prompt-check: $(STAMP)
 	  --out benchmarks/results/rescore_prompt.json
 	$(BIN)/python benchmarks/rescore.py $(PROMPT)/seed3_projector $(PROMPT)/seed4_projector $(PROMPT)/rebuilt \
 	  --set cluster.detectors.bye.verdict.max_prompt_auroc=null --out benchmarks/results/rescore_prompt_off.json
+
+# Does each trigger reach the language model (README, "What limits the backdoors")? The demo base's threat run for
+# the five triggers bench-threat-draws leaves out, then every trigger's trace in the image tokens of the demo base
+# and base seeds 3 and 4, beside their ASRs with the default and the trainable-projector fine-tune (~15 minutes).
+R := benchmarks/results
+PROBE_BASES := models/base .cache/bases/seed3 .cache/bases/seed4
+bench-trigger-probe: $(STAMP)
+	$(BIN)/dvc repro world base
+	for n in 3 4; do test -f .cache/bases/seed$$n/model.safetensors || $(BIN)/bye base .cache/bases/seed$$n --seed $$n; done
+	$(BIN)/python benchmarks/threat.py --no-gallery --triggers random_patch,multi_patch,blended,wanet,ftrojan \
+	  --out $(R)/threat_demo_rebuilt_rest.json
+	$(BIN)/python benchmarks/trigger_probe.py $(foreach b,$(PROBE_BASES),--base $(b)) \
+	  --asr "models/base=$(R)/threat_demo_rebuilt.json,$(R)/threat_demo_rebuilt_rest.json" \
+	  $(foreach n,3 4,--asr ".cache/bases/seed$(n)=$(R)/threat_demo_seed$(n).json") \
+	  --asr "projector@models/base=$(R)/threat_demo_rebuilt_projector.json" \
+	  $(foreach n,3 4,--asr "projector@.cache/bases/seed$(n)=$(R)/threat_demo_seed$(n)_projector.json")
 
 # Poison concentrated on one question form (README, "Poison on one question form"): each cell poisons the demo
 # world (bye poison --questions), scans it with answer_gain, and scores the same scan with each neighbour quantile;
