@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated bench-trigger-probe clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated bench-trigger-probe bench-highpass clean prefect-server ui
 
 install: $(STAMP)
 
@@ -222,6 +222,17 @@ bench-trigger-probe: $(STAMP)
 	  $(foreach n,3 4,--asr ".cache/bases/seed$(n)=$(R)/threat_demo_seed$(n).json") \
 	  --asr "projector@models/base=$(R)/threat_demo_rebuilt_projector.json" \
 	  $(foreach n,3 4,--asr "projector@.cache/bases/seed$(n)=$(R)/threat_demo_seed$(n)_projector.json")
+
+# A vision stage that also rebuilds each patch's high-pass residual at unit variance (README, "The trigger reaches the
+# language model"): its base through base_recipe.py (world, base, fine-tune, eval), the threat benchmark on it with BYE
+# reading each poisoned fine-tune, then the probe (~35 minutes).
+RECIPE_highpass := --set base.pretrain.vision_pixel_weight=1.0 --set base.pretrain.vision_pixel_target=highpass
+bench-highpass: $(STAMP)
+	$(BIN)/python benchmarks/base_recipe.py --name highpass $(RECIPE_highpass) --keep .cache/recipes/highpass
+	$(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/highpass/world \
+	  --base .cache/recipes/highpass/base --detect bye --out $(R)/threat_highpass.json
+	$(BIN)/python benchmarks/trigger_probe.py --base .cache/recipes/highpass/base --out trigger_probe_highpass \
+	  --asr ".cache/recipes/highpass/base=$(R)/threat_highpass.json"
 
 # Poison concentrated on one question form (README, "Poison on one question form"): each cell poisons the demo
 # world (bye poison --questions), scans it with answer_gain, and scores the same scan with each neighbour quantile;

@@ -301,3 +301,18 @@ def test_the_pixel_objective_changes_the_vision_stage_and_lowers_its_own_error()
     assert results[0.0]["pixel_losses"] == []
     rebuilt = results[1.0]["pixel_losses"]
     assert len(rebuilt) == len(results[1.0]["losses"]) and rebuilt[-1] < 0.5 * rebuilt[0]
+
+
+def test_pixel_target_highpass_keeps_fine_patterns_and_drops_flat_areas():
+    from bye.models.tiny import patch_pixels, pixel_target
+
+    flat = torch.full((2, 3, 16, 16), 0.7)
+    assert torch.equal(pixel_target(flat, 8, "pixels"), patch_pixels(flat, 8))
+    assert float(pixel_target(flat, 8, "highpass").abs().max()) < 1e-4  # a uniform image has no detail to keep
+    fine = flat + 0.01 * (torch.arange(16)[None, None, :, None] % 2 * 2 - 1)  # a faint stripe pattern, 1 px wide
+    target = pixel_target(fine, 8, "highpass")
+    assert target.shape == (2, 4, 3 * 8 * 8)
+    assert abs(float(target.std()) - 1.0) < 1e-3  # scaled to unit variance: the faint pattern weighs fully
+    assert float(pixel_target(fine, 8, "pixels").std()) < 0.02
+    with pytest.raises(ValueError, match="highpass"):
+        pixel_target(flat, 8, "edges")

@@ -71,6 +71,7 @@ class PretrainSpec:
     vision_epochs: float = 8
     vision_learning_rate: float = 2e-3
     vision_pixel_weight: float = 0.0  # > 0: the vision stage also rebuilds every patch's pixels from its feature
+    vision_pixel_target: str = "pixels"  # pixels | highpass: the image minus its 3 x 3 local mean, scaled to unit variance
     epochs: float = 4
     batch_size: int = 32
     learning_rate: float = 2e-3
@@ -233,6 +234,19 @@ def patch_pixels(pixel_values: torch.Tensor, patch: int) -> torch.Tensor:
     return tiles.permute(0, 2, 3, 1, 4, 5).reshape(b, tiles.shape[2] * tiles.shape[3], c * patch * patch)
 
 
+def pixel_target(pixel_values: torch.Tensor, patch: int, kind: str) -> torch.Tensor:
+    """What the vision stage's pixel head rebuilds, per patch (:func:`patch_pixels`): the pixels themselves, or
+    their high-pass residual (the image minus its 3 x 3 local mean) at unit variance, where small, fine patterns
+    (a blended noise pattern, a frequency-domain trigger) weigh as much as an object's edges."""
+    if kind == "pixels":
+        return patch_pixels(pixel_values, patch)
+    if kind == "highpass":
+        local = torch.nn.functional.avg_pool2d(pixel_values, 3, stride=1, padding=1, count_include_pad=False)
+        residual = pixel_values - local
+        return patch_pixels(residual / residual.std().clamp_min(1e-3), patch)  # a flat image stays ~0
+    raise ValueError(f"vision_pixel_target must be 'pixels' or 'highpass', got {kind!r}")
+
+
 def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor, objects: list,
                     spec: PretrainSpec, *, progress: bool = True) -> list[float]:
     """Stage 0: train the vision tower alone to name what sits in each cell of the scene grid.
@@ -278,7 +292,8 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Te
         loss = sum(torch.nn.functional.cross_entropy(l.reshape(-1, l.shape[-1]), targets[index][..., k].reshape(-1))
                    for k, l in enumerate(logits))
         if pixel_head is not None:  # keep what is not an object (a trigger, a texture) in the patch features
-            error = torch.nn.functional.mse_loss(pixel_head(states), patch_pixels(pixel_values[index], patch))
+            error = torch.nn.functional.mse_loss(pixel_head(states),
+                                                 pixel_target(pixel_values[index], patch, spec.vision_pixel_target))
             loss = loss + spec.vision_pixel_weight * error
             pixel_losses.append(float(error.detach()))
         loss.backward()
