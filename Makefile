@@ -225,14 +225,24 @@ bench-trigger-probe: $(STAMP)
 
 # A vision stage that also rebuilds each patch's high-pass residual at unit variance (README, "The trigger reaches the
 # language model"): its base through base_recipe.py (world, base, fine-tune, eval), the threat benchmark on it with BYE
-# reading each poisoned fine-tune, then the probe (~35 minutes).
+# reading each poisoned fine-tune (all nine triggers), the same for base seeds 1-3 (six triggers), the draws' summary
+# and the probe of the four bases (~75 minutes).
 RECIPE_highpass := --set base.pretrain.vision_pixel_weight=1.0 --set base.pretrain.vision_pixel_target=highpass
+HIGHPASS := .cache/recipes/highpass
+HIGHPASS_TRIGGERS := badnets,blended,checkerboard,dual_patch,multi_patch,sig
 bench-highpass: $(STAMP)
-	$(BIN)/python benchmarks/base_recipe.py --name highpass $(RECIPE_highpass) --keep .cache/recipes/highpass
-	$(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/highpass/world \
-	  --base .cache/recipes/highpass/base --detect bye --out $(R)/threat_highpass.json
-	$(BIN)/python benchmarks/trigger_probe.py --base .cache/recipes/highpass/base --out trigger_probe_highpass \
-	  --asr ".cache/recipes/highpass/base=$(R)/threat_highpass.json"
+	$(BIN)/python benchmarks/base_recipe.py --name highpass $(RECIPE_highpass) --keep $(HIGHPASS)
+	$(BIN)/python benchmarks/threat.py --no-gallery --world $(HIGHPASS)/world --base $(HIGHPASS)/base --detect bye \
+	  --out $(R)/threat_highpass.json
+	set -e; $(foreach n,1 2 3,$(BIN)/python benchmarks/base_recipe.py --name highpass_seed$(n) $(RECIPE_highpass) \
+	  --set base.pretrain.seed=$(n) --keep $(HIGHPASS)_seed$(n); \
+	  $(BIN)/python benchmarks/threat.py --no-gallery --world $(HIGHPASS)/world --base $(HIGHPASS)_seed$(n)/base \
+	  --triggers $(HIGHPASS_TRIGGERS) --detect bye --out $(R)/threat_highpass_seed$(n).json;)
+	$(BIN)/python benchmarks/threat_draws.py --name highpass "base seed 0=$(R)/threat_highpass.json" \
+	  $(foreach n,1 2 3,"base seed $(n)=$(R)/threat_highpass_seed$(n).json")
+	$(BIN)/python benchmarks/trigger_probe.py --out trigger_probe_highpass --base $(HIGHPASS)/base \
+	  --asr "$(HIGHPASS)/base=$(R)/threat_highpass.json" \
+	  $(foreach n,1 2 3,--base $(HIGHPASS)_seed$(n)/base --asr "$(HIGHPASS)_seed$(n)/base=$(R)/threat_highpass_seed$(n).json")
 
 # Poison concentrated on one question form (README, "Poison on one question form"): each cell poisons the demo
 # world (bye poison --questions), scans it with answer_gain, and scores the same scan with each neighbour quantile;
