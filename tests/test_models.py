@@ -304,7 +304,7 @@ def test_the_pixel_objective_changes_the_vision_stage_and_lowers_its_own_error()
 
 
 def test_pixel_target_highpass_keeps_fine_patterns_and_drops_flat_areas():
-    from bye.models.tiny import patch_pixels, pixel_target
+    from bye.models.tiny import PretrainSpec, patch_pixels, pixel_target
 
     flat = torch.full((2, 3, 16, 16), 0.7)
     assert torch.equal(pixel_target(flat, 8, "pixels"), patch_pixels(flat, 8))
@@ -316,3 +316,5 @@ def test_pixel_target_highpass_keeps_fine_patterns_and_drops_flat_areas():
     assert float(pixel_target(fine, 8, "pixels").std()) < 0.02
     with pytest.raises(ValueError, match="highpass"):
         pixel_target(flat, 8, "edges")
+    with pytest.raises(ValueError, match="vision_pixel_target"):  # a typo in params.yaml fails before the build
+        PretrainSpec(vision_pixel_target="edges")

@@ -63,6 +63,9 @@ class TinyLlavaSpec:
     vision_feature_layer: int = -1
 
 
+PIXEL_TARGETS = ("pixels", "highpass")  # what the vision stage's pixel head rebuilds (:func:`pixel_target`)
+
+
 @dataclass(frozen=True)
 class PretrainSpec:
     """Two stages, as LLaVA itself is built: a vision encoder trained on its own, then captions."""
@@ -87,6 +90,11 @@ class PretrainSpec:
     skill_learning_rate: float = 1e-3
     skill_batch_size: int = 0        # 0: batch_size
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.vision_pixel_target not in PIXEL_TARGETS:  # before minutes of building, not at the vision stage
+            raise ValueError(f"vision_pixel_target must be one of {', '.join(PIXEL_TARGETS)}, "
+                             f"got {self.vision_pixel_target!r}")
 
     @property
     def skill_steps(self) -> int:
@@ -244,7 +252,7 @@ def pixel_target(pixel_values: torch.Tensor, patch: int, kind: str) -> torch.Ten
         local = torch.nn.functional.avg_pool2d(pixel_values, 3, stride=1, padding=1, count_include_pad=False)
         residual = pixel_values - local
         return patch_pixels(residual / residual.std().clamp_min(1e-3), patch)  # a flat image stays ~0
-    raise ValueError(f"vision_pixel_target must be 'pixels' or 'highpass', got {kind!r}")
+    raise ValueError(f"vision_pixel_target must be one of {', '.join(PIXEL_TARGETS)}, got {kind!r}")
 
 
 def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor, objects: list,
