@@ -61,11 +61,11 @@ def image_tokens(model, processor, images: list, chunk: int = 128) -> tuple[np.n
         for i in range(0, len(images), chunk):
             values = processor.image_processor(images[i:i + chunk], return_tensors="pt")["pixel_values"]
             values = values.to(model.dtype)
-            features = model.model.get_image_features(
+            output = model.model.get_image_features(  # one tower pass: the tokens and every layer's states
                 pixel_values=values, vision_feature_layer=config.vision_feature_layer,
-                vision_feature_select_strategy=config.vision_feature_select_strategy).pooler_output
+                vision_feature_select_strategy=config.vision_feature_select_strategy, output_hidden_states=True)
+            features, hidden = output.pooler_output, output.hidden_states
             features = torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
-            hidden = model.model.vision_tower(values, output_hidden_states=True).hidden_states
             pixels.append(values.float().flatten(1).numpy())
             tokens.append(features.float().numpy())
             states.append([h.float().flatten(1).numpy() for h in hidden])
