@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated bench-trigger-probe bench-highpass clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated bench-trigger-probe bench-highpass bench-residual clean prefect-server ui
 
 install: $(STAMP)
 
@@ -266,6 +266,29 @@ bench-concentrated: $(STAMP)
 	  --keep .cache/concentrated/seed3_isthere --out $(DRAWS)_seed3_projector_isthere.json
 	$(THREAT) --base .cache/bases/seed3 --triggers sig $(PROJECTOR) --set "attack.questions=^What colour" \
 	  --keep .cache/concentrated/seed3_colour --out $(DRAWS)_seed3_projector_colour.json
+
+# BYE on the entropies' prompt residuals (profile.residualise: prompt) against BYE on the entropies (README,
+# "Detection (BYE)", step 3b): the high-pass bases' clean worlds (seeds 1-6) and poisoned fine-tunes kept with their
+# extraction (~60 minutes; skipped when kept), then every kept scan rescored under six table/rule pairs (~6 minutes).
+# The demo base's kept scans come from bench-verdict-wide, bench-prompt-check and bench-concentrated (hours): run
+# those first.
+RTHREAT := $(BIN)/python benchmarks/threat.py --no-gallery --detect bye --world $(HIGHPASS)/world
+RESIDUAL_CLEAN := .cache/verdict_rebuilt .cache/verdict_mcq .cache/verdict_vqa .cache/verdict_highpass
+RESIDUAL_POISONED := $(PROMPT)/seed3_projector $(PROMPT)/seed4_projector $(PROMPT)/rebuilt .cache/concentrated/seed3_isthere \
+  .cache/concentrated/seed3_colour .cache/residual/highpass .cache/residual/highpass_seed2 .cache/residual/highpass_seed3
+bench-residual: $(STAMP)
+	for d in $(RESIDUAL_CLEAN) $(RESIDUAL_POISONED); do case $$d in *highpass*) ;; *) test -d $$d || \
+	  { echo "$$d is missing: run bench-verdict-wide, bench-prompt-check and bench-concentrated first"; exit 1; };; esac; done
+	test -f $(HIGHPASS)_seed3/base/model.safetensors || { echo "the high-pass bases are missing: run bench-highpass"; exit 1; }
+	test -f .cache/verdict_highpass/seed-6/scan-3ep/entropy.csv || $(BIN)/python benchmarks/verdict.py \
+	  --base $(HIGHPASS)/base --seeds 1,2,3,4,5,6 --method bye --keep .cache/verdict_highpass --name highpass
+	test -d .cache/residual/highpass || $(RTHREAT) --base $(HIGHPASS)/base \
+	  --triggers badnets,blended,dual_patch,sig,checkerboard --keep .cache/residual/highpass --out .cache/residual/highpass.json
+	test -d .cache/residual/highpass_seed2 || $(RTHREAT) --base $(HIGHPASS)_seed2/base \
+	  --triggers dual_patch --keep .cache/residual/highpass_seed2 --out .cache/residual/highpass_seed2.json
+	test -d .cache/residual/highpass_seed3 || $(RTHREAT) --base $(HIGHPASS)_seed3/base \
+	  --triggers blended,dual_patch,multi_patch --keep .cache/residual/highpass_seed3 --out .cache/residual/highpass_seed3.json
+	$(BIN)/python benchmarks/residual.py --clean $(RESIDUAL_CLEAN) --poisoned $(RESIDUAL_POISONED) --out $(R)/residual.json
 
 clean:
 	rm -rf data/world models metrics reports .cache runs mlflow.db mlruns

@@ -72,7 +72,7 @@ def main() -> None:
                     and same_provisional(scan, lora, args.base):
                 profile, rescored = None, True
                 if settings.method == "bye":
-                    profile_submission(scan / "entropy.csv", scan, settings=settings.profile)
+                    profile_submission(scan / "entropy.csv", scan, settings=settings.profile, data_json=data)
                     profile = scan / "profile.json"
                 record = cluster_submission(data, scan, scan, profile_json=profile,
                                             method=settings.method, detector=settings.detector)

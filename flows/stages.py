@@ -241,7 +241,8 @@ def profile_flow(root: str = ".", params_path: str = "params.yaml",
     layout, params = context(root, params_path, overrides, base)
     _, settings = scan_settings(params)
     with stage("profile", layout, params) as run:
-        record = t.profile(str(layout.extract / "entropy.csv"), str(layout.profile), settings.profile)
+        record = t.profile(str(layout.extract / "entropy.csv"), str(layout.profile), settings.profile,
+                           str(layout.ingested / "manifest.json"))
         run.metrics({"sensitive_layers": len(record["sensitive_layers"]), "layers": len(record["layers"])})
         gate(run, check_profile, record, n_layers=len(record["layers"]), docs_dir=layout.gx / "profile")
         run.file(layout.profile / "profile.json")

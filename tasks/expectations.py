@@ -22,6 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bye.detect.cluster import RESIDUALISE
+from bye.detect.profile import RULES
+
 SITE_NAME = "bye"
 RESULTS_SUBDIR = "_results"
 MAX_LIST = 20  # lists longer than this are shortened in summaries and messages
@@ -274,6 +277,7 @@ def check_profile(profile: dict, *, n_layers: int, docs_dir: str | Path | None =
     frame = profile_frame(profile)
     frame["listed_sensitive"] = frame["layer"].isin(sensitive_layers)
     frame["rule"] = profile.get("rule")
+    frame["residualise"] = profile.get("residualise", "none")
     return validate("profile", frame, [
         gxe.ExpectTableRowCountToEqual(value=n_layers),
         gxe.ExpectColumnValuesToNotBeNull(column="layer"),
@@ -286,7 +290,8 @@ def check_profile(profile: dict, *, n_layers: int, docs_dir: str | Path | None =
                                             description="sensitive flag <=> layer in sensitive_layers"),
         gxe.ExpectColumnDistinctValuesToContainSet(column="layer", value_set=sensitive_layers,
                                                    description="sensitive_layers are profiled layers"),
-        gxe.ExpectColumnValuesToBeInSet(column="rule", value_set=["code", "paper"]),
+        gxe.ExpectColumnValuesToBeInSet(column="rule", value_set=list(RULES)),
+        gxe.ExpectColumnValuesToBeInSet(column="residualise", value_set=list(RESIDUALISE)),
     ], docs_dir=docs_dir, index_column="layer")
 
 

@@ -58,10 +58,10 @@ def extract(data_json: str, images_dir: str, base_dir: str, adapter_dir: str | N
 
 
 @task(cache_policy=NONE)
-def profile(entropy_csv: str, out_dir: str, settings) -> dict:
+def profile(entropy_csv: str, out_dir: str, settings, data_json: str | None = None) -> dict:
     from bye.detect.scan import profile_submission
 
-    return profile_submission(entropy_csv, out_dir, settings=settings)
+    return profile_submission(entropy_csv, out_dir, settings=settings, data_json=data_json)
 
 
 @task(cache_policy=NONE)

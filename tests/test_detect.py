@@ -155,6 +155,48 @@ def test_verdict_calls_a_prompt_mode_clean_only_when_told_to_check_it():
     assert found.details["evidence"]["prompt_auroc"] < 0.75
 
 
+def test_prompt_residuals_remove_a_prompt_mode_and_keep_a_trigger():
+    """Clean attention with a prompt mode ("Is there" questions lower in layers 2-3) and a trigger's
+    collapse in layer 3 on a random tenth: on the entropies the mode is what splits the layers and the
+    prompt check calls it clean; on the prompt residuals the mode is gone and the trigger is found."""
+    entropy, questions, mode = questions_and_modes(n=600, seed=3)
+    poisoned = np.random.default_rng(7).random(len(entropy)) < 0.1
+    entropy[poisoned, 3] -= 1.0
+    features = SampleFeatures(ids=[str(i) for i in range(len(entropy))], entropy=entropy,
+                              extra={"questions": questions})
+    raw = get_detector("bye", verdict={"max_prompt_auroc": 0.75}).detect(features)
+    assert raw.verdict == "clean" and 2 in raw.details["sensitive_layers"]
+    found = get_detector("bye", residualise="prompt", verdict={"max_prompt_auroc": 0.75}).detect(features)
+    assert found.details["sensitive_layers"] == [3] and found.details["residualise"] == "prompt"
+    assert found.verdict == "poisoned" and np.array_equal(found.flagged, poisoned)
+    assert found.details["columns"]["mean_prompt_residual"].shape == (len(entropy),)
+    assert np.array_equal(find_backdoor_samples(entropy, questions=questions, residualise="prompt",
+                                                verdict={"max_prompt_auroc": 0.75}), poisoned)
+
+
+def test_prompt_residuals_are_cross_fitted_deterministic_and_keep_nans():
+    from bye.detect.cluster import prompt_residuals, scored_table
+
+    entropy, questions, mode = questions_and_modes(n=300, seed=4)
+    entropy[5, 1] = np.nan
+    residuals = prompt_residuals(entropy, questions, seed=2)
+    assert np.isnan(residuals[5, 1]) and np.isfinite(np.delete(residuals[:, 1], 5)).all()
+    assert np.array_equal(residuals, prompt_residuals(entropy, questions, seed=2), equal_nan=True)
+    # The mode is gone from layer 2 (1 nat before), not from the raw table.
+    assert abs(residuals[mode, 2].mean() - residuals[~mode, 2].mean()) < 0.1
+    assert entropy[~mode, 2].mean() - entropy[mode, 2].mean() > 0.9
+    # Cross-fitted: one sample whose question is its own, with an outlying entropy, is not fitted away.
+    questions[0], entropy[0, 0] = "zebra zebra", entropy[:, 0].mean() + 2.0
+    assert prompt_residuals(entropy, questions)[0, 0] > 1.5
+    assert np.array_equal(scored_table(entropy), entropy, equal_nan=True)
+    with pytest.raises(ValueError, match="questions"):
+        scored_table(entropy, residualise="prompt")
+    with pytest.raises(ValueError, match="unknown residualise"):
+        scored_table(entropy, residualise="answers")
+    with pytest.raises(ValueError, match="questions for"):
+        prompt_residuals(entropy, questions[:-1])
+
+
 def test_unknown_names_are_refused():
     with pytest.raises(ValueError, match="unknown detector"):
         get_detector("nope")
@@ -184,3 +226,5 @@ def test_a_saved_profile_reloads_and_gives_the_same_detection(tmp_path):
     assert np.array_equal(direct.flagged, staged.flagged) and np.array_equal(direct.flagged, poisoned)
     with pytest.raises(ValueError, match="layers"):
         analyse(entropy[:, :3], BYESettings(), reloaded)
+    with pytest.raises(ValueError, match="residualise='none'"):  # a profile of the entropies, a residual detector
+        analyse(entropy, BYESettings(residualise="prompt"), reloaded, questions=[f"q{i % 3}" for i in range(len(ids))])

@@ -147,6 +147,12 @@ def test_profile_passes_with_nan_stats():
     assert check_profile(profile(), n_layers=3)["success"]
 
 
+def test_profile_of_an_unknown_table_fails():
+    assert check_profile({**profile(), "residualise": "prompt"}, n_layers=3)["success"]
+    message = fails(check_profile, {**profile(), "residualise": "answers"}, n_layers=3)
+    assert "expect_column_values_to_be_in_set(column='residualise')" in message
+
+
 def test_profile_flags_disagree_with_sensitive_layers():
     message = fails(check_profile, profile(sensitive_layers=(2,)), n_layers=3)
     assert "expect_column_pair_values_to_be_equal(column_A='sensitive', column_B='listed_sensitive')" in message

@@ -127,3 +127,25 @@ def test_clean_report_without_attention(tmp_path):
     assert html.count(URI) == 3 + (2 * N_EXAMPLES - 2)  # plots and images, no heatmaps
     plots = write_plots(inputs["entropy_csv"], inputs["profile_json"], inputs["scores_csv"], tmp_path / "plots")
     assert all(p.stat().st_size > 0 for p in plots.values())
+
+
+def test_a_residualised_profile_is_drawn_over_the_residuals_it_was_fitted_to(case, tmp_path):
+    """``residualise: prompt``: the profile's Gaussians belong to the residuals the profile stage wrote
+    (residuals.csv beside profile.json), not to the raw entropies; the report says which table it shows."""
+    root, inputs, _ = case
+    profile = json.loads(inputs["profile_json"].read_text())
+    (tmp_path / "profile.json").write_text(json.dumps({**profile, "residualise": "prompt"}))
+    raw = pd.read_csv(inputs["entropy_csv"])
+    residuals = raw.rename(columns=lambda c: c.replace("entropy_l", "residual_l"))
+    residuals[[c for c in residuals.columns if c != "id"]] -= 2.5
+    residuals.to_csv(tmp_path / "residuals.csv", index=False)
+    args = {**inputs, "profile_json": tmp_path / "profile.json"}
+    drawn = write_plots(args["entropy_csv"], args["profile_json"], args["scores_csv"], tmp_path / "plots")
+    plain = write_plots(inputs["entropy_csv"], inputs["profile_json"], inputs["scores_csv"], tmp_path / "plain")
+    assert drawn["entropy_layers"].read_bytes() != plain["entropy_layers"].read_bytes()
+    assert drawn["separation"].read_bytes() == plain["separation"].read_bytes()
+    html = write_report(tmp_path / "report.html", **args, n_examples=N_EXAMPLES).read_text(encoding="utf-8")
+    assert "residualise: prompt" in html
+    (tmp_path / "residuals.csv").unlink()
+    with pytest.raises(FileNotFoundError):
+        write_plots(args["entropy_csv"], args["profile_json"], args["scores_csv"], tmp_path / "gone")

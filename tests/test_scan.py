@@ -35,6 +35,27 @@ def test_scan_cli_writes_scores_filtered_manifest_and_verdict(tiny_world, tiny_b
         result = runner.invoke(main, [*args, "--params", str(params)])
         assert result.exit_code == 0, result.output
     assert (tmp_path / "cl" / "scores.csv").read_text() == (out / "scores.csv").read_text()
+    # residualise: prompt profiles the entropies' prompt residuals: the profile stage needs the submission.
+    residual = tmp_path / "residual.yaml"
+    residual.write_text(params.read_text() + "profile: {residualise: prompt}\n")
+    staged = [["profile", str(tmp_path / "ex" / "entropy.csv"), "--out", str(tmp_path / "rp")],
+              ["cluster", str(poisoned / "train.json"), "--features", str(tmp_path / "ex"),
+               "--profile", str(tmp_path / "rp" / "profile.json"), "--out", str(tmp_path / "rc")]]
+    refused = runner.invoke(main, [*staged[0], "--params", str(residual)])
+    assert refused.exit_code != 0 and "needs the samples' questions" in str(refused.exception)
+    for args in ([*staged[0], "--data", str(poisoned / "train.json")], staged[1]):
+        result = runner.invoke(main, [*args, "--params", str(residual)])
+        assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "rp" / "profile.json").read_text())["residualise"] == "prompt"
+    written = pd.read_csv(tmp_path / "rp" / "residuals.csv", dtype={"id": str})  # the table profiled
+    assert list(written["id"]) == [s.id for s in samples] and "residual_l1" in written.columns
+    residual_scores = pd.read_csv(tmp_path / "rc" / "scores.csv", dtype={"id": str})
+    assert "mean_prompt_residual" in residual_scores.columns and "mean_entropy" not in residual_scores.columns
+    assert np.allclose(residual_scores["score"], -residual_scores["mean_prompt_residual"])
+    mixed = runner.invoke(main, ["cluster", str(poisoned / "train.json"), "--features", str(tmp_path / "ex"),
+                                 "--profile", str(tmp_path / "pr" / "profile.json"), "--out", str(tmp_path / "mixed"),
+                                 "--params", str(residual)])
+    assert mixed.exit_code != 0 and "residualise" in str(mixed.exception)  # a raw profile, a residual detector
     with np.load(tmp_path / "ex" / "attention.npz") as saved:
         assert saved["attention"].shape == (len(samples), 2, 16) and list(saved["grid"]) == [4, 4]
         assert list(saved["ids"]) == [s.id for s in samples]

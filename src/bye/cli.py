@@ -230,14 +230,17 @@ def extract(data_json, images_dir, base_dir, out_dir, adapter_dir, params_path):
 @main.command()
 @click.argument("entropy_csv", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--data", "data_json", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The submission the entropies come from (its questions; needed by profile.residualise: prompt).")
 @params_option
-def profile(entropy_csv, out_dir, params_path):
+def profile(entropy_csv, out_dir, data_json, params_path):
     """Fit two Gaussians per layer; write profile.json (the sensitive layers) to OUT."""
     from bye.detect.scan import profile_submission
 
     _, settings = scan_settings(_params(params_path))
-    record = profile_submission(entropy_csv, out_dir, settings=settings.profile)
-    _echo_json({"rule": record["rule"], "sensitive_layers": record["sensitive_layers"]})
+    record = profile_submission(entropy_csv, out_dir, settings=settings.profile, data_json=data_json)
+    _echo_json({"rule": record["rule"], "residualise": record["residualise"],
+                "sensitive_layers": record["sensitive_layers"]})
 
 
 @main.command()

@@ -75,7 +75,7 @@ def _read_profile(path: str | Path) -> dict:
     if sensitive is None:
         sensitive = [s["layer"] for s in layers if s.get("sensitive")]
     return {"rule": rule, "tau": _float(profile.get("tau", 2.0)), "layers": layers,
-            "sensitive_layers": [int(x) for x in sensitive]}
+            "sensitive_layers": [int(x) for x in sensitive], "residualise": profile.get("residualise", "none")}
 
 
 # ------------------------------------------------------------------------------------------ plots
@@ -118,7 +118,9 @@ def _entropy_figure(entropy: pd.DataFrame, profile: dict) -> bytes:
         for spine in ax.spines.values():
             spine.set_edgecolor(colour if sensitive else "#cccccc")
             spine.set_linewidth(2 if sensitive else 1)
-    fig.suptitle("Attention entropy per layer (nats) with the two fitted Gaussian components", fontsize=10)
+    what = ("Attention entropy" if profile.get("residualise", "none") == "none"
+            else f"Attention entropy minus its {profile['residualise']} prediction")
+    fig.suptitle(f"{what} per layer (nats) with the two fitted Gaussian components", fontsize=10)
     return _png(fig)
 
 
@@ -179,7 +181,11 @@ def _scores_figure(scores: pd.DataFrame, method: str = "bye") -> bytes:
 
 def _plots(entropy_csv, profile_json, scores_csv, method: str = "bye") -> dict[str, bytes]:
     profile = _read_profile(profile_json)
-    return {"entropy_layers": _entropy_figure(_read_table(entropy_csv), profile),
+    table = _read_table(entropy_csv)
+    if profile["residualise"] != "none":  # the Gaussians were fitted to the residuals the profile stage wrote
+        table = _read_table(Path(profile_json).parent / "residuals.csv")
+        table.columns = [c.replace("residual_l", "entropy_l") for c in table.columns]
+    return {"entropy_layers": _entropy_figure(table, profile),
             "separation": _separation_figure(profile),
             "scores": _scores_figure(_read_table(scores_csv), method)}
 
@@ -347,7 +353,7 @@ tr.sensitive td { background: #fbe4e4; font-weight: 600; }
 <div class="plots">{% for name, uri in plots %}<img alt="{{ name }}" src="{{ uri }}">{% endfor %}</div>
 
 <h2>Layer profile</h2>
-<p>rule: <code>{{ profile.rule }}</code>{% if profile.rule == "paper" %}, &tau; = {{ profile.tau | number }}{% endif %}</p>
+<p>rule: <code>{{ profile.rule }}</code>{% if profile.rule == "paper" %}, &tau; = {{ profile.tau | number }}{% endif %}{% if profile.residualise != "none" %}; profiled: each layer's entropy minus what the question text predicts (<code>residualise: {{ profile.residualise }}</code>){% endif %}</p>
 <table><tr><th>layer</th><th>means</th><th>sigmas</th><th>weights</th><th>gap</th><th>BSI</th><th>code margin</th>
 <th>sensitive</th></tr>
 {% for s in profile.layers %}<tr{% if s.layer in sensitive_layers %} class="sensitive"{% endif %}><td>{{ s.layer }}</td>

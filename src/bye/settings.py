@@ -68,7 +68,7 @@ def scan_settings(params: dict, *, method: str | None = None, epochs: float | No
     profile = build(ProfileSettings, params.get("profile"))
     detector = dict(cluster.get("detectors", {}).get(chosen, {}))
     if chosen == "bye":  # the separation rule lives with the profile stage
-        detector.update(rule=profile.rule, tau=profile.tau)
+        detector.update(rule=profile.rule, tau=profile.tau, residualise=profile.residualise)
     if chosen not in DETECTORS:
         raise ValueError(f"unknown detector {chosen!r}; available: {sorted(DETECTORS)}")
     extract = build(ExtractSettings, params.get("extract"))

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from bye.detect.cluster import ClusterResult, Verdict, VerdictRule, cluster_scores, decide
+from bye.detect.cluster import ClusterResult, Verdict, VerdictRule, cluster_scores, decide, scored_table
 from bye.detect.profile import LayerProfile, profile_layers
 
 
@@ -98,12 +98,14 @@ class BYESettings:
     seed: int = 0
     verdict: VerdictRule = VerdictRule()
     use_verdict: bool = True  # False reproduces the published behaviour: always remove a cluster
+    residualise: str = "none"  # "prompt": profile and score each layer's entropy minus what the question predicts
 
 
 @dataclass
 class BYEAnalysis:
     profile: LayerProfile
-    mean_entropy: np.ndarray  # (N,) over the sensitive layers (all layers when none is sensitive)
+    mean_entropy: np.ndarray  # (N,) over the sensitive layers (all layers when none is sensitive); of the
+    # prompt residuals with settings.residualise == "prompt"
     clusters: ClusterResult
     verdict: Verdict
 
@@ -120,16 +122,21 @@ class BYEAnalysis:
 def analyse(entropy: np.ndarray, settings: BYESettings = BYESettings(),
             profile: LayerProfile | None = None, questions: Sequence[str] | None = None) -> BYEAnalysis:
     """Every step of BYE on an ``(N, L)`` entropy table: profile (unless given), score, cluster, verdict
-    (``questions``, one per row, for the verdict's prompt check when its rule sets one)."""
-    entropy = np.asarray(entropy, dtype=np.float64)
+    (``questions``, one per row, for the verdict's prompt check when its rule sets one, and for the
+    prompt residuals with ``settings.residualise == "prompt"``)."""
+    table = scored_table(entropy, residualise=settings.residualise, questions=questions, seed=settings.seed)
     if profile is None:
-        profile = profile_layers(entropy, rule=settings.rule, tau=settings.tau, seed=settings.seed)
-    elif len(profile.layers) != entropy.shape[1]:
-        raise ValueError(f"the profile has {len(profile.layers)} layers, the entropy table {entropy.shape[1]}")
-    layers = profile.sensitive_layers or list(range(entropy.shape[1]))
+        profile = profile_layers(table, rule=settings.rule, tau=settings.tau, seed=settings.seed,
+                                 residualise=settings.residualise)
+    elif len(profile.layers) != table.shape[1]:
+        raise ValueError(f"the profile has {len(profile.layers)} layers, the entropy table {table.shape[1]}")
+    elif profile.residualise != settings.residualise:
+        raise ValueError(f"the profile was fitted with residualise={profile.residualise!r}, "
+                         f"the detector asks for {settings.residualise!r}")
+    layers = profile.sensitive_layers or list(range(table.shape[1]))
     with warnings.catch_warnings():  # an all-NaN row (no visible image token) stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        mean_entropy = np.nanmean(entropy[:, layers], axis=1)
+        mean_entropy = np.nanmean(table[:, layers], axis=1)
     clusters = cluster_scores(mean_entropy, method=settings.clustering, seed=settings.seed)
     verdict = decide(mean_entropy, len(profile.sensitive_layers), clusters, settings.verdict, seed=settings.seed,
                      questions=questions)
@@ -140,7 +147,8 @@ def analyse(entropy: np.ndarray, settings: BYESettings = BYESettings(),
 class BYEDetector(Detector):
     """Believe Your Eyes: low attention entropy over the sensitive layers marks a poisoned sample."""
 
-    score_label = "score = -mean entropy over the sensitive layers (higher: more suspicious)"
+    score_label = ("score = -mean entropy (or, residualise: prompt, its prompt residual) over the sensitive "
+                   "layers (higher: more suspicious)")
 
     def __init__(self, **settings):
         verdict = settings.pop("verdict", None)
@@ -160,25 +168,33 @@ class BYEDetector(Detector):
         verdict = analysis.verdict.label if self.settings.use_verdict else ("poisoned" if flagged.any() else "clean")
         details = analysis.to_dict()
         details["settings"] = asdict(self.settings)
-        details["mean_entropy"] = analysis.mean_entropy
+        if self.settings.residualise == "none":
+            details["mean_entropy"] = analysis.mean_entropy
+        else:
+            details["columns"] = {f"mean_{self.settings.residualise}_residual": analysis.mean_entropy}
         return DetectionResult(self.name, scores, flagged, verdict, details)
 
 
-def get_backdoor_scores(entropy: np.ndarray, *, method: str = "bye", **settings) -> np.ndarray:
-    """One suspicion score per sample, higher = more suspicious (BYE: minus the mean entropy)."""
-    features = SampleFeatures(ids=[str(i) for i in range(len(entropy))], entropy=np.asarray(entropy))
-    return get_detector(method, **settings).detect(features).scores
+def get_backdoor_scores(entropy: np.ndarray, *, method: str = "bye", questions: Sequence[str] | None = None,
+                        **settings) -> np.ndarray:
+    """One suspicion score per sample, higher = more suspicious (BYE: minus the mean entropy).
+    ``questions`` (one per row) serve the verdict's prompt check and ``residualise="prompt"``."""
+    return get_detector(method, **settings).detect(_features(entropy, questions)).scores
 
 
 def find_backdoor_samples(entropy: np.ndarray, *, method: str = "bye", ranked: bool = False,
-                          **settings) -> np.ndarray:
+                          questions: Sequence[str] | None = None, **settings) -> np.ndarray:
     """A boolean mask of the samples to remove, or (``ranked=True``) the flagged indices by suspicion."""
-    features = SampleFeatures(ids=[str(i) for i in range(len(entropy))], entropy=np.asarray(entropy))
-    result = get_detector(method, **settings).detect(features)
+    result = get_detector(method, **settings).detect(_features(entropy, questions))
     if not ranked:
         return result.flagged
     order = result.ranked()
     return order[result.flagged[order]]
+
+
+def _features(entropy: np.ndarray, questions: Sequence[str] | None) -> SampleFeatures:
+    extra = {} if questions is None else {"questions": list(questions)}
+    return SampleFeatures(ids=[str(i) for i in range(len(entropy))], entropy=np.asarray(entropy), extra=extra)
 
 
 # The baselines register themselves under their names ("spectral", "strip", ...), beside "bye",

@@ -149,20 +149,66 @@ def prompt_auroc(questions: Sequence[str], flagged: np.ndarray, *, seed: int = 0
     poisoner picks its samples whatever their question, so a flagged set of poisoned samples scores
     near 0.5; a mode of clean attention that one question form brings (all "Is there ...?" questions
     attending alike) scores near 1. NaN when either side has fewer than two samples."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
 
     target = np.asarray(flagged, dtype=bool)
     k = int(min(folds, target.sum(), (~target).sum()))
     if k < 2:
         return float("nan")
-    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2)), LogisticRegression(max_iter=1000))
     split = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    probability = cross_val_predict(model, [str(q) for q in questions], target, cv=split, method="predict_proba")
+    probability = cross_val_predict(_on_question_words(LogisticRegression(max_iter=1000)), [str(q) for q in questions],
+                                    target, cv=split, method="predict_proba")
     return float(roc_auc_score(target, probability[:, 1]))
+
+
+def _on_question_words(estimator):
+    """``estimator`` on the question text as word 1-2 gram TF-IDF features."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(TfidfVectorizer(ngram_range=(1, 2)), estimator)
+
+
+RESIDUALISE = ("none", "prompt")
+
+
+def prompt_residuals(table: np.ndarray, questions: Sequence[str], *, seed: int = 0, folds: int = 5,
+                     alpha: float = 1.0) -> np.ndarray:
+    """Each column of an ``(N, L)`` table (the per-layer entropies) minus what the question text alone
+    predicts of it: a ridge regression on word 1-2 gram TF-IDF features, cross-fitted over ``folds``
+    shuffled folds (a sample's prediction never comes from a model that saw it).
+
+    Clean attention has modes that the prompt brings (every "Is there ...?" question attending
+    more narrowly than the colour questions; README, "Detection (BYE)"); a poisoner picks its
+    samples whatever their question, so the trigger's collapse stays in the residual while the
+    prompt's modes leave it. NaN entries (no visible image token) stay NaN and are left out of the fit.
+    An attack that poisons only one question form is, in part, removed with the prompt's modes."""
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import KFold
+
+    table = np.asarray(table, dtype=np.float64)
+    questions = [str(q) for q in questions]
+    if len(questions) != len(table):
+        raise ValueError(f"{len(questions)} questions for {len(table)} rows")
+    residuals = np.full_like(table, np.nan)
+    for column in range(table.shape[1]):
+        values = table[:, column]
+        rows = np.flatnonzero(np.isfinite(values))
+        k = min(folds, len(rows))
+        if k < 2:
+            residuals[rows, column] = values[rows] - values[rows].mean() if len(rows) else values[rows]
+            continue
+        for train, test in KFold(n_splits=k, shuffle=True, random_state=seed).split(rows):
+            try:
+                model = _on_question_words(Ridge(alpha=alpha)).fit([questions[i] for i in rows[train]],
+                                                                   values[rows[train]])
+                predicted = model.predict([questions[i] for i in rows[test]])
+            except ValueError:  # no word in any training question: the text predicts only the mean
+                predicted = values[rows[train]].mean()
+            residuals[rows[test], column] = values[rows[test]] - predicted
+    return residuals
 
 
 def decide(scores: np.ndarray, n_sensitive_layers: int, clusters: ClusterResult, rule: VerdictRule = VerdictRule(),
@@ -197,3 +243,16 @@ def decide(scores: np.ndarray, n_sensitive_layers: int, clusters: ClusterResult,
                            f"{evidence['prompt_auroc']:.2f} > {rule.max_prompt_auroc}): a mode of the prompts, "
                            "not of a trigger")
     return Verdict(poisoned=not reasons, reasons=tuple(reasons), evidence=evidence)
+
+
+def scored_table(entropy: np.ndarray, *, residualise: str = "none", questions: Sequence[str] | None = None,
+                 seed: int = 0) -> np.ndarray:
+    """The ``(N, L)`` table BYE profiles and scores: the entropies themselves (``"none"``, the published
+    method) or their prompt residuals (``"prompt"``, :func:`prompt_residuals`; needs the questions)."""
+    if residualise not in RESIDUALISE:
+        raise ValueError(f"unknown residualise {residualise!r}; expected one of {RESIDUALISE}")
+    if residualise == "none":
+        return np.asarray(entropy, dtype=np.float64)
+    if questions is None:
+        raise ValueError(f"residualise={residualise!r} needs the samples' questions")
+    return prompt_residuals(entropy, questions, seed=seed)

@@ -8,7 +8,9 @@ samples (``GaussianMixture(n_components=2, random_state=seed)``, as the public c
 * ``"paper"`` (Eq. 7 with the square root REFERENCE §1 argues for):
   ``BSI = |mu1 - mu2| / sqrt(sigma1^2 + sigma2^2) >= tau`` with ``tau = 2.0``.
 
-No sensitive layer is a result, not an error.
+No sensitive layer is a result, not an error. The table profiled is the entropy itself, or with
+``residualise="prompt"`` (an extension, not the published method) each layer's entropy minus what
+the question text predicts of it (:func:`bye.detect.cluster.prompt_residuals`); the profile records which.
 """
 
 from __future__ import annotations
@@ -41,14 +43,15 @@ class LayerProfile:
     rule: str
     tau: float
     layers: tuple[LayerStats, ...]
+    residualise: str = "none"  # the table profiled: "none" (the entropies) or "prompt" (their prompt residuals)
 
     @property
     def sensitive_layers(self) -> list[int]:
         return [s.layer for s in self.layers if s.sensitive]
 
     def to_dict(self) -> dict:
-        return {"rule": self.rule, "tau": self.tau, "sensitive_layers": self.sensitive_layers,
-                "layers": [s.to_dict() for s in self.layers]}
+        return {"rule": self.rule, "tau": self.tau, "residualise": self.residualise,
+                "sensitive_layers": self.sensitive_layers, "layers": [s.to_dict() for s in self.layers]}
 
     @classmethod
     def from_dict(cls, record: dict) -> LayerProfile:
@@ -59,7 +62,8 @@ class LayerProfile:
         layers = tuple(LayerStats(int(s["layer"]), pair(s["means"]), pair(s["sigmas"]), pair(s["weights"]),
                                   float(s["gap"]), float(s["bsi"]), float(s["code_margin"]), bool(s["sensitive"]))
                        for s in record["layers"])
-        return cls(rule=record["rule"], tau=float(record["tau"]), layers=layers)
+        return cls(rule=record["rule"], tau=float(record["tau"]), layers=layers,
+                   residualise=record.get("residualise", "none"))
 
 
 def fit_two_gaussians(values: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -73,8 +77,10 @@ def fit_two_gaussians(values: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray,
     return means[order], sigmas[order], mixture.weights_[order]
 
 
-def profile_layers(entropy: np.ndarray, *, rule: str = "code", tau: float = 2.0, seed: int = 0) -> LayerProfile:
-    """Fit each layer of an ``(N, L)`` entropy table; mark the sensitive ones."""
+def profile_layers(entropy: np.ndarray, *, rule: str = "code", tau: float = 2.0, seed: int = 0,
+                   residualise: str = "none") -> LayerProfile:
+    """Fit each layer of an ``(N, L)`` entropy table; mark the sensitive ones. ``residualise`` only
+    labels the result: say "prompt" when ``entropy`` is the table of prompt residuals."""
     if rule not in RULES:
         raise ValueError(f"unknown separation rule {rule!r}; expected one of {RULES}")
     entropy = np.asarray(entropy, dtype=np.float64)
@@ -92,4 +98,4 @@ def profile_layers(entropy: np.ndarray, *, rule: str = "code", tau: float = 2.0,
         sensitive = code_margin > 0 if rule == "code" else bsi >= tau
         stats.append(LayerStats(layer, tuple(map(float, means)), tuple(map(float, sigmas)),
                                 tuple(map(float, weights)), gap, bsi, code_margin, bool(sensitive)))
-    return LayerProfile(rule=rule, tau=tau, layers=tuple(stats))
+    return LayerProfile(rule=rule, tau=tau, layers=tuple(stats), residualise=residualise)

@@ -15,7 +15,9 @@ and resume them one at a time (``extract`` -> ``profile`` -> ``cluster``), and
                      (each sample's answer under the provisional and the base model);
 * ``extract.json``   sizes and timing.
 
-``profile`` writes ``profile.json`` (per-layer two-Gaussian statistics, sensitive layers).
+``profile`` writes ``profile.json`` (per-layer two-Gaussian statistics, sensitive layers); with
+``residualise: prompt`` they are of the entropies' prompt residuals, which it writes to
+``residuals.csv`` (``id, residual_l0 ..``).
 
 ``cluster`` writes:
 
@@ -37,6 +39,7 @@ import numpy as np
 
 from bye.data.submission import Sample, read_manifest, resolve_image, write_manifest
 from bye.detect.api import SampleFeatures, get_detector
+from bye.detect.cluster import scored_table
 from bye.detect.extract import image_attention, layer_entropy
 from bye.detect.profile import LayerProfile, profile_layers
 from bye.io import atomic_write_json, atomic_write_text
@@ -59,6 +62,7 @@ class ProfileSettings:
     rule: str = "code"  # "code": |mu1-mu2| > 2(s1+s2); "paper": BSI >= tau
     tau: float = 2.0
     seed: int = 0
+    residualise: str = "none"  # "prompt": profile each layer's entropy minus what the question text predicts
 
 
 @dataclass(frozen=True)
@@ -134,12 +138,12 @@ def extract_attention(model, processor, samples: list[Sample], images_dir: str |
     return out
 
 
-def entropy_table(ids: list[str], entropy: np.ndarray) -> str:
+def entropy_table(ids: list[str], entropy: np.ndarray, prefix: str = "entropy_l") -> str:
     import pandas as pd
 
     frame = pd.DataFrame({"id": ids})
     for layer in range(entropy.shape[1]):
-        frame[f"entropy_l{layer}"] = entropy[:, layer]
+        frame[f"{prefix}{layer}"] = entropy[:, layer]
     return frame.to_csv(index=False, float_format="%.6g")
 
 
@@ -294,10 +298,21 @@ def read_features(samples: list[Sample], extract_dir: str | Path) -> SampleFeatu
 
 
 def profile_submission(entropy_csv: str | Path, out_dir: str | Path, *,
-                       settings: ProfileSettings = ProfileSettings()) -> dict:
-    """Which layers split the submission in two: write profile.json."""
-    _, entropy = read_entropy(entropy_csv)
-    profile = profile_layers(entropy, rule=settings.rule, tau=settings.tau, seed=settings.seed)
+                       settings: ProfileSettings = ProfileSettings(), data_json: str | Path | None = None) -> dict:
+    """Which layers split the submission in two: write profile.json. ``data_json`` (the submission the
+    entropies were read from) gives the questions that ``settings.residualise == "prompt"`` needs."""
+    ids, entropy = read_entropy(entropy_csv)
+    questions = None
+    if data_json is not None:
+        samples = read_manifest(data_json)
+        if ids != [s.id for s in samples]:
+            raise ValueError(f"{entropy_csv} does not list the samples of {data_json} in order")
+        questions = [s.question for s in samples]
+    table = scored_table(entropy, residualise=settings.residualise, questions=questions, seed=settings.seed)
+    profile = profile_layers(table, rule=settings.rule, tau=settings.tau, seed=settings.seed,
+                             residualise=settings.residualise)
+    if settings.residualise != "none":  # the table profiled, for the report's histograms
+        atomic_write_text(Path(out_dir) / "residuals.csv", entropy_table(ids, table, prefix="residual_l"))
     record = _jsonable(profile.to_dict())
     atomic_write_json(Path(out_dir) / "profile.json", record)
     return record
@@ -386,7 +401,7 @@ def scan_submission(data_json: str | Path, images_dir: str | Path, base_dir: str
     del encoded
     profile_json = None
     if settings.method == "bye":
-        profile_submission(out / "entropy.csv", out, settings=settings.profile)
+        profile_submission(out / "entropy.csv", out, settings=settings.profile, data_json=data_json)
         profile_json = out / "profile.json"
     record = cluster_submission(data_json, out, out, profile_json=profile_json,
                                 method=settings.method, detector=settings.detector)
