@@ -268,10 +268,12 @@ bench-concentrated: $(STAMP)
 	  --keep .cache/concentrated/seed3_colour --out $(DRAWS)_seed3_projector_colour.json
 
 # BYE on the entropies' prompt residuals (profile.residualise: prompt) against BYE on the entropies (README,
-# "Detection (BYE)", step 3b): the high-pass bases' clean worlds (seeds 1-6) and poisoned fine-tunes kept with their
-# extraction (~60 minutes; skipped when kept), then every kept scan rescored under six table/rule pairs (~6 minutes).
-# The demo base's kept scans come from bench-verdict-wide, bench-prompt-check and bench-concentrated (hours): run
-# those first.
+# "Detection (BYE)", "Prompt residuals"): the high-pass bases' clean worlds (seeds 1-6) and poisoned fine-tunes kept with
+# their extraction (~50 minutes; skipped when kept), then every kept scan rescored under six table/rule pairs (~2
+# minutes); then a held-out set, run after the rule was chosen on the first: seven more poisoned fine-tunes on base
+# seeds 1 and 2, six clean worlds (seeds 7-12) on base seed 2 (~40 minutes). The demo base's kept scans come from
+# bench-verdict-wide, bench-prompt-check and bench-concentrated (hours): run those first; the high-pass bases from
+# bench-highpass.
 RTHREAT := $(BIN)/python benchmarks/threat.py --no-gallery --detect bye --world $(HIGHPASS)/world
 RESIDUAL_CLEAN := .cache/verdict_rebuilt .cache/verdict_mcq .cache/verdict_vqa .cache/verdict_highpass
 RESIDUAL_POISONED := $(PROMPT)/seed3_projector $(PROMPT)/seed4_projector $(PROMPT)/rebuilt .cache/concentrated/seed3_isthere \
@@ -289,6 +291,14 @@ bench-residual: $(STAMP)
 	test -d .cache/residual/highpass_seed3 || $(RTHREAT) --base $(HIGHPASS)_seed3/base \
 	  --triggers blended,dual_patch,multi_patch --keep .cache/residual/highpass_seed3 --out .cache/residual/highpass_seed3.json
 	$(BIN)/python benchmarks/residual.py --clean $(RESIDUAL_CLEAN) --poisoned $(RESIDUAL_POISONED) --out $(R)/residual.json
+	test -d .cache/residual/heldout_seed1 || $(RTHREAT) --base $(HIGHPASS)_seed1/base \
+	  --triggers dual_patch,checkerboard,sig,blended --keep .cache/residual/heldout_seed1 --out .cache/residual/heldout_seed1.json
+	test -d .cache/residual/heldout_seed2 || $(RTHREAT) --base $(HIGHPASS)_seed2/base \
+	  --triggers blended,sig,checkerboard --keep .cache/residual/heldout_seed2 --out .cache/residual/heldout_seed2.json
+	test -f .cache/verdict_highpass_seed2/seed-12/scan-3ep/entropy.csv || $(BIN)/python benchmarks/verdict.py \
+	  --base $(HIGHPASS)_seed2/base --seeds 7,8,9,10,11,12 --method bye --keep .cache/verdict_highpass_seed2 --name highpass_seed2
+	$(BIN)/python benchmarks/residual.py --clean .cache/verdict_highpass_seed2 \
+	  --poisoned .cache/residual/heldout_seed1 .cache/residual/heldout_seed2 --out $(R)/residual_heldout.json
 
 clean:
 	rm -rf data/world models metrics reports .cache runs mlflow.db mlruns

@@ -87,6 +87,8 @@ def markdown(results: dict) -> str:
              f"Machine: {results['machine']}. Every kept scan rescored (no fine-tune); the verdict as in "
              f"params.yaml (prompt check included). \"Caught\": verdict poisoned with F1 >= {CAUGHT_F1}; "
              "a \"wrong cut\": verdict poisoned with a lower F1.", "",
+             f"Clean worlds from {', '.join(results['clean_inputs']) or 'none'}; poisoned fine-tunes from "
+             f"{', '.join(results['poisoned_inputs']) or 'none'}.", "",
              "| table, layer rule | false alarms / clean worlds | mean kept | lowest kept | caught | wrong cuts | "
              "median AUROC |", "|---|---|---|---|---|---|---|"]
     for name in names:
