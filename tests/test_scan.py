@@ -49,6 +49,9 @@ def test_scan_cli_writes_scores_filtered_manifest_and_verdict(tiny_world, tiny_b
     assert json.loads((tmp_path / "rp" / "profile.json").read_text())["residualise"] == "prompt"
     written = pd.read_csv(tmp_path / "rp" / "residuals.csv", dtype={"id": str})  # the table profiled
     assert list(written["id"]) == [s.id for s in samples] and "residual_l1" in written.columns
+    again = runner.invoke(main, [*staged[0], "--params", str(params)])  # profiled again without residuals
+    assert again.exit_code == 0, again.output
+    assert not (tmp_path / "rp" / "residuals.csv").exists()
     residual_scores = pd.read_csv(tmp_path / "rc" / "scores.csv", dtype={"id": str})
     assert "mean_prompt_residual" in residual_scores.columns and "mean_entropy" not in residual_scores.columns
     assert np.allclose(residual_scores["score"], -residual_scores["mean_prompt_residual"])

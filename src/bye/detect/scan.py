@@ -311,8 +311,11 @@ def profile_submission(entropy_csv: str | Path, out_dir: str | Path, *,
     table = scored_table(entropy, residualise=settings.residualise, questions=questions, seed=settings.seed)
     profile = profile_layers(table, rule=settings.rule, tau=settings.tau, seed=settings.seed,
                              residualise=settings.residualise)
+    residuals_csv = Path(out_dir) / "residuals.csv"
     if settings.residualise != "none":  # the table profiled, for the report's histograms
-        atomic_write_text(Path(out_dir) / "residuals.csv", entropy_table(ids, table, prefix="residual_l"))
+        atomic_write_text(residuals_csv, entropy_table(ids, table, prefix="residual_l"))
+    else:  # a folder profiled again without residuals keeps no stale table
+        residuals_csv.unlink(missing_ok=True)
     record = _jsonable(profile.to_dict())
     atomic_write_json(Path(out_dir) / "profile.json", record)
     return record
