@@ -23,6 +23,7 @@ TINY_PARAMS = {
     "extract": {"batch_size": 16},
     "eval": {"batch_size": 32, "max_new_tokens": 6},
     "attack": {"name": "badnets", "rate": 0.2, "seed": 0},
+    "profile": {"residualise": "prompt"},  # BYE on the prompt residuals: the profile stage reads the questions
 }
 
 
@@ -102,6 +103,8 @@ def test_inbox_scans_each_upload_once_with_an_audit_trail(workspace, scanned, mo
         assert verdict["n_samples"] == record["n_samples"] and 0 <= record["accuracy"] <= 1
         assert (layout.report / "report.html").is_file()
         assert (layout.gx / "ingest").is_dir() and (layout.gx / "cluster").is_dir()
+        assert json.loads((layout.profile / "profile.json").read_text())["residualise"] == "prompt"
+        assert (layout.profile / "residuals.csv").is_file()  # the table profiled, which the report draws
         kept = json.loads((layout.cluster / "filtered.json").read_text())
         assert len(kept) == verdict["n_kept"]
 
@@ -127,6 +130,7 @@ def test_inbox_scans_each_upload_once_with_an_audit_trail(workspace, scanned, mo
         assert "evidence.bic_gain" in stages["cluster"]["metrics"]  # the verdict's evidence, searchable (finite values)
         assert stages["provisional"]["params"]["detector"] == "bye"  # params: no cluster.method
         assert stages["provisional"]["params"]["effective_epochs"] == "0.5"
+        assert stages["profile"]["params"]["profile.residualise"] == "prompt"  # the reviewer sees which table
 
 
 @pytest.mark.slow
