@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated bench-trigger-probe bench-highpass bench-residual clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated bench-trigger-probe bench-highpass bench-residual bench-trigger-attention clean prefect-server ui
 
 install: $(STAMP)
 
@@ -299,6 +299,20 @@ bench-residual: $(STAMP)
 	  --base $(HIGHPASS)_seed2/base --seeds 7,8,9,10,11,12 --method bye --keep .cache/verdict_highpass_seed2 --name highpass_seed2
 	$(BIN)/python benchmarks/residual.py --clean .cache/verdict_highpass_seed2 \
 	  --poisoned .cache/residual/heldout_seed1 .cache/residual/heldout_seed2 --out $(R)/residual_heldout.json
+
+# Does the attention go to the trigger? The high-pass dual_patch draws BYE finds (base seed 2) and misses (seed 1)
+# and two checkerboard draws, fine-tuned again with their attention rows kept, then the image-attention share on the
+# trigger's tokens per layer (README, "Prompt residuals"; ~10 minutes; needs bench-highpass's bases).
+TA := .cache/trigger_attention
+bench-trigger-attention: $(STAMP)
+	test -d $(TA)/highpass_seed1 || $(RTHREAT) --base $(HIGHPASS)_seed1/base --triggers dual_patch \
+	  --keep $(TA)/highpass_seed1 --out $(TA)/highpass_seed1.json
+	test -d $(TA)/highpass_seed2 || $(RTHREAT) --base $(HIGHPASS)_seed2/base --triggers dual_patch,checkerboard \
+	  --keep $(TA)/highpass_seed2 --out $(TA)/highpass_seed2.json
+	test -d $(TA)/highpass || $(RTHREAT) --base $(HIGHPASS)/base --triggers checkerboard --keep $(TA)/highpass \
+	  --out $(TA)/highpass.json
+	$(BIN)/python benchmarks/trigger_attention.py $(TA)/highpass_seed1 $(TA)/highpass_seed2 $(TA)/highpass \
+	  --out $(R)/trigger_attention.json
 
 clean:
 	rm -rf data/world models metrics reports .cache runs mlflow.db mlruns

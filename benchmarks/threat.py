@@ -60,12 +60,14 @@ def gallery(world: Path, names: list[str], out: Path, scale: int = 4) -> None:
     canvas.save(out)
 
 
-def detection(submission: Path, truth_json: Path, base: Path, adapter: Path, names: list[str], params: dict) -> dict:
-    """Each detector in ``names`` on ``submission``, with ``adapter`` as its provisional model."""
+def detection(submission: Path, truth_json: Path, base: Path, adapter: Path, names: list[str], params: dict, *,
+              keep_attention: bool = False) -> dict:
+    """Each detector in ``names`` on ``submission``, with ``adapter`` as its provisional model (``keep_attention``:
+    also write each sample's per-layer image-attention rows, ``attention.npz``)."""
     extract = scan_settings(params, method=names[0])[1].extract
     signals = tuple(sorted({s for n in names for s in DETECTORS[n].signals} | set(extract.signals)))
     extract_submission(submission / "train.json", submission / "images", base, adapter, submission / "extract",
-                       settings=replace(extract, signals=signals, keep_attention=False), progress=False)
+                       settings=replace(extract, signals=signals, keep_attention=keep_attention), progress=False)
     features = read_features(read_manifest(submission / "train.json"), submission / "extract")
     truth_map = json.loads(truth_json.read_text())
     truth = np.array([truth_map[i] for i in features.ids])
@@ -91,8 +93,9 @@ def main() -> None:
     parser.add_argument("--gallery", action=argparse.BooleanOptionalAction, default=True,
                         help="also draw every trigger on the world's first scene (results/triggers.png)")
     parser.add_argument("--detect", default="", help="comma-separated detectors to score on each poisoned fine-tune")
-    parser.add_argument("--keep", type=Path, help="with --detect: keep each trigger's extraction, manifest and ground "
-                        "truth here (KEEP/TRIGGER/extract, train.json, truth.json), to rescore without fine-tuning again")
+    parser.add_argument("--keep", type=Path, help="with --detect: keep each trigger's extraction (attention rows included), "
+                        "manifest and ground truth here (KEEP/TRIGGER/extract, train.json, truth.json), to rescore "
+                        "without fine-tuning again")
     args = parser.parse_args()
 
     params = with_overrides(load_params(args.params), args.overrides)
@@ -134,7 +137,7 @@ def main() -> None:
             print(f"{name}: asr {metrics['asr']:.3f} accuracy {metrics['accuracy']:.3f}", flush=True)
             if detectors:
                 results[name]["detection"] = detection(sub, tmp / f"{name}.truth.json", args.base, sub / "adapter",
-                                                       detectors, params)
+                                                       detectors, params, keep_attention=args.keep is not None)
                 print(f"{name}: {results[name]['detection']}", flush=True)
                 if args.keep:
                     shutil.copytree(sub / "extract", args.keep / name / "extract", dirs_exist_ok=True)
