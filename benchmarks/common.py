@@ -85,3 +85,14 @@ def question_kind(question: str) -> str:
         if marker in question:
             return prefix + kind
     return prefix + "other"
+
+
+def write_results(out: Path | None, results: dict, text: str) -> None:
+    """Print a result's Markdown ``text``; with ``out``, also write ``results`` there as JSON and ``text``
+    beside it (``.md``)."""
+    from bye.io import atomic_write_json, atomic_write_text
+
+    if out:
+        atomic_write_json(out, results)
+        atomic_write_text(out.with_suffix(".md"), text)
+    print(text)

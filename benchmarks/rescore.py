@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from common import machine_line, with_overrides
+from common import machine_line, with_overrides, write_results
 from stages import run_detector
 
 from bye.config import load_params
 from bye.data.submission import read_manifest
 from bye.detect.scan import read_features
-from bye.io import atomic_write_json, atomic_write_text
 from bye.metrics import detection_metrics
 
 
@@ -76,12 +75,8 @@ def main() -> None:
     params = with_overrides(load_params(args.params), args.overrides)
     results = {str(draw): {t.name: rescore(t, args.detector, params) for t in sorted(draw.iterdir())
                            if (t / "truth.json").exists()} for draw in args.kept}
-    text = markdown(results, args.overrides, args.detector)
-    if args.out:
-        atomic_write_json(args.out, {"detector": args.detector, "overrides": args.overrides, "draws": results,
-                                     "machine": machine_line()})
-        atomic_write_text(args.out.with_suffix(".md"), text)
-    print(text)
+    write_results(args.out, {"detector": args.detector, "overrides": args.overrides, "draws": results,
+                             "machine": machine_line()}, markdown(results, args.overrides, args.detector))
 
 
 if __name__ == "__main__":

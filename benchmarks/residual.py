@@ -21,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from common import machine_line, with_overrides
+from common import machine_line, with_overrides, write_results
 from stages import run_detector
 
 from bye.config import load_params
 from bye.data.submission import read_manifest
 from bye.detect.scan import read_features
-from bye.io import atomic_write_json, atomic_write_text
 from bye.metrics import detection_metrics
 from bye.settings import scan_settings
 
@@ -136,11 +135,7 @@ def main() -> None:
             records["poisoned"][label] = scored(data, extract, np.array([truth_map[i] for i in ids]), params)
         results["configs"][name] = {"overrides": overrides, **records, "summary": summary(records)}
         print(name, results["configs"][name]["summary"], flush=True)
-    text = markdown(results)
-    if args.out:
-        atomic_write_json(args.out, results)
-        atomic_write_text(args.out.with_suffix(".md"), text)
-    print(text)
+    write_results(args.out, results, markdown(results))
 
 
 if __name__ == "__main__":

@@ -21,13 +21,12 @@ import numpy as np
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from common import machine_line
+from common import machine_line, write_results
 
 from bye.attacks.poison import trigger_rng
 from bye.config import load_params
 from bye.data.submission import read_manifest
 from bye.detect.scan import read_features
-from bye.io import atomic_write_json, atomic_write_text
 from bye.settings import trigger
 
 FIXED = ("badnets", "checkerboard", "dual_patch", "multi_patch")
@@ -91,11 +90,7 @@ def main() -> None:
             for folder in args.kept for run in sorted(folder.iterdir())
             if run.name in FIXED and (run / "extract" / "attention.npz").exists()}
     results = {"machine": machine_line(), "image_size": size, "runs": runs}
-    text = markdown(results)
-    if args.out:
-        atomic_write_json(args.out, results)
-        atomic_write_text(args.out.with_suffix(".md"), text)
-    print(text)
+    write_results(args.out, results, markdown(results))
 
 
 if __name__ == "__main__":
