@@ -22,9 +22,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bye.detect.cluster import RESIDUALISE
-from bye.detect.profile import RULES
-
 SITE_NAME = "bye"
 RESULTS_SUBDIR = "_results"
 MAX_LIST = 20  # lists longer than this are shortened in summaries and messages
@@ -272,6 +269,9 @@ def profile_frame(profile: dict) -> pd.DataFrame:
 def check_profile(profile: dict, *, n_layers: int, docs_dir: str | Path | None = None) -> dict:
     """The layer profile: one row per layer, sigmas >= 0 (NaN allowed), boolean `sensitive` flags that
     agree with `sensitive_layers`, and a known rule."""
+    from bye.detect.cluster import RESIDUALISE  # not at module level: scikit-learn adds ~1 s to every gated stage
+    from bye.detect.profile import RULES
+
     gxe = _gx().expectations
     sensitive_layers = list(profile.get("sensitive_layers") or [])
     frame = profile_frame(profile)

@@ -118,7 +118,7 @@ def _entropy_figure(entropy: pd.DataFrame, profile: dict) -> bytes:
         for spine in ax.spines.values():
             spine.set_edgecolor(colour if sensitive else "#cccccc")
             spine.set_linewidth(2 if sensitive else 1)
-    what = ("Attention entropy" if profile.get("residualise", "none") == "none"
+    what = ("Attention entropy" if profile["residualise"] == "none"
             else f"Attention entropy minus its {profile['residualise']} prediction")
     fig.suptitle(f"{what} per layer (nats) with the two fitted Gaussian components", fontsize=10)
     return _png(fig)

@@ -300,10 +300,11 @@ def read_features(samples: list[Sample], extract_dir: str | Path) -> SampleFeatu
 def profile_submission(entropy_csv: str | Path, out_dir: str | Path, *,
                        settings: ProfileSettings = ProfileSettings(), data_json: str | Path | None = None) -> dict:
     """Which layers split the submission in two: write profile.json. ``data_json`` (the submission the
-    entropies were read from) gives the questions that ``settings.residualise == "prompt"`` needs."""
+    entropies were read from) gives the questions that ``settings.residualise == "prompt"`` needs; it is
+    not read otherwise."""
     ids, entropy = read_entropy(entropy_csv)
     questions = None
-    if data_json is not None:
+    if data_json is not None and settings.residualise != "none":
         samples = read_manifest(data_json)
         if ids != [s.id for s in samples]:
             raise ValueError(f"{entropy_csv} does not list the samples of {data_json} in order")
