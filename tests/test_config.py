@@ -22,6 +22,17 @@ def test_params_file_builds_every_section(tmp_path):
     assert (bye.detector["rule"], bye.detector["tau"]) == (params["profile"]["rule"], params["profile"]["tau"])
 
 
+def test_an_exponent_without_a_dot_is_a_number_as_dvc_reads_it(tmp_path):
+    # PyYAML's YAML 1.1 made "3e-4" a string, which crashed the base's optimiser minutes into a build
+    path = tmp_path / "params.yaml"
+    path.write_text("base:\n  pretrain:\n    learning_rate: 3e-4\n    seed: 7\n"
+                    "finetune:\n  learning_rate: -2E+2\n  target: '3e-4'\n  tag: e3\n")
+    params = load_params(path)
+    assert params["base"]["pretrain"] == {"learning_rate": 0.0003, "seed": 7}
+    assert params["finetune"] == {"learning_rate": -200.0, "target": "3e-4", "tag": "e3"}
+    assert build(LoraSettings, {"learning_rate": params["base"]["pretrain"]["learning_rate"]}).learning_rate == 3e-4
+
+
 def test_flags_override_params_and_unknown_keys_are_refused():
     assert build(LoraSettings, {"rank": 4}, rank=8).rank == 8
     assert build(LoraSettings, {"rank": 4}, rank=None).rank == 4

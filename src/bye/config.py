@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -12,6 +13,20 @@ import yaml
 DEFAULT_PARAMS = Path("params.yaml")
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``3e-4`` as the number YAML 1.2 (and DVC, through ruamel.yaml) reads,
+    not as the string YAML 1.1 makes of an exponent without a dot."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as data (safe loading; ``3e-4`` is a float)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_params(path: str | Path | None = None) -> dict:
     """The parsed params file, or ``{}`` when none is given and none is in the working folder."""
     candidate = Path(path) if path else DEFAULT_PARAMS
@@ -19,7 +34,7 @@ def load_params(path: str | Path | None = None) -> dict:
         if path:
             raise FileNotFoundError(f"params file {candidate} not found")
         return {}
-    data = yaml.safe_load(candidate.read_text(encoding="utf-8")) or {}
+    data = parse_yaml(candidate.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{candidate}: expected a mapping of sections")
     return data
