@@ -8,7 +8,7 @@ import os
 import platform
 from pathlib import Path
 
-import yaml
+from bye.config import parse_yaml
 
 
 def world_arguments(parser: argparse.ArgumentParser, *, rate: float | None = 0.1) -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def with_overrides(params: dict, assignments: list[str]) -> dict:
         section = params
         for part in path:
             section = section.setdefault(part, {})
-        section[last] = yaml.safe_load(value)
+        section[last] = parse_yaml(value)
     return params
 
 
@@ -85,6 +85,17 @@ def question_kind(question: str) -> str:
         if marker in question:
             return prefix + kind
     return prefix + "other"
+
+
+def plain_llama(model_spec: dict, vocab_size: int, max_positions: int):
+    """A randomly initialised ``LlamaForCausalLM`` with the embedded base's language-model sizes
+    (``params.yaml`` ``base.model``) and tied embeddings, for the synthetic-token measurements."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=vocab_size, hidden_size=model_spec["text_hidden"], intermediate_size=model_spec["text_intermediate"],
+        num_hidden_layers=model_spec["text_layers"], num_attention_heads=model_spec["text_heads"],
+        num_key_value_heads=model_spec["text_heads"], max_position_embeddings=max_positions, tie_word_embeddings=True))
 
 
 def write_results(out: Path | None, results: dict, text: str) -> None:

@@ -29,8 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import machine_line
-from transformers import LlamaConfig, LlamaForCausalLM
+from common import machine_line, plain_llama
 
 from bye.config import load_params
 from bye.io import atomic_write_json
@@ -63,12 +62,7 @@ def questions(rng: np.random.Generator, n: int, answer_format: str) -> tuple[tor
 def train(answer_format: str, model_spec: dict, *, steps: int, learning_rate: float, batch_size: int, every: int,
           seed: int) -> list[dict]:
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=model_spec["text_hidden"],
-                         intermediate_size=model_spec["text_intermediate"],
-                         num_hidden_layers=model_spec["text_layers"], num_attention_heads=model_spec["text_heads"],
-                         num_key_value_heads=model_spec["text_heads"], max_position_embeddings=64,
-                         tie_word_embeddings=True)
-    model = LlamaForCausalLM(config)
+    model = plain_llama(model_spec, VOCAB, 64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     held_out_inputs, held_out_targets = questions(np.random.default_rng(seed + 1), 500, answer_format)
     rng, began, curve, losses = np.random.default_rng(seed), time.perf_counter(), [], []

@@ -13,7 +13,7 @@ question kind as training goes. Three settings:
 
     python benchmarks/skill_plateau.py --setting mixed --steps 1500 [--base models/base]
 
-Writes ``benchmarks/results/skill_plateau_<setting>.json`` (with the machine).
+Writes ``benchmarks/results/skill_plateau_<setting>.json`` (or ``--out``; with the machine).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--every", type=int, default=250)
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/skill_plateau_<setting>.json")
     args = parser.parse_args()
     torch.manual_seed(0)
     processor = AutoProcessor.from_pretrained(args.base)
@@ -111,7 +112,7 @@ def main() -> None:
             curve.append({"step": step, "loss": float(np.mean(losses[-50:])), "seconds": time.perf_counter() - began,
                           **evaluate()})
             print(curve[-1], flush=True)
-    out = Path("benchmarks/results") / f"skill_plateau_{args.setting}.json"
+    out = args.out or Path("benchmarks/results") / f"skill_plateau_{args.setting}.json"
     atomic_write_json(out, {"setting": args.setting, "base": str(args.base), "train_samples": len(train),
                             "batch_size": args.batch_size, "learning_rate": args.learning_rate, "curve": curve,
                             "machine": machine_line()})

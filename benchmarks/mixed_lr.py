@@ -1,0 +1,221 @@
+"""The world's question mix on perfect scenes, in a plain language model: the plateau is the learning rate.
+
+Every downstream question kind of the world (colour of a shape, how many of a shape, which of two
+is further left, is there a colour-shape, and the three lettered kinds) asked about symbolic scenes:
+each of the nine grid cells is one input vector, the sum of the word embeddings of its object's
+colour, shape and size (or of "nothing") plus a learnt embedding of the cell. No tokenizer, no
+image, no base: a ``LlamaForCausalLM`` with the embedded base's language-model sizes
+(``params.yaml`` ``base.model``), random initialisation, trained on fresh scenes (batch 32, AdamW,
+weight decay 0.01, cosine schedule with 5 % warm-up, gradients clipped at 1), exact match
+(teacher-forced) on 1,400 held-out questions per kind as training goes. Each run is a learning
+rate and a lettered-answer format (``letter_first``: options ``A . red``, answer ``A``;
+``letter_after``: options ``- red ( A )``, answer ``red ( A )``; as ``world.scene.options``).
+
+    python benchmarks/mixed_lr.py [--runs 0.002:letter_first 0.0003:letter_first ...] [--steps 1500]
+
+Writes ``benchmarks/results/mixed_lr.json`` and ``.md`` (with the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import machine_line, plain_llama, write_results
+from transformers import get_cosine_schedule_with_warmup
+
+from bye.config import load_params
+from bye.data.world import COLOURS, SHAPES, SIZES
+
+COLOUR_NAMES = list(COLOURS)
+WORDS = (["<pad>", "<img>", "nothing", "USER", "ASSISTANT", "\n", "?", ".", ",", "-", "(", ")", "s", "what", "colour",
+          "is", "the", "how", "many", "are", "there", "which", "further", "left", "or", "a", "shape", "objects",
+          "answer", "with", "option", "letter", "yes", "no", "A", "B", "C", "D"]
+         + list(SHAPES) + COLOUR_NAMES + list(SIZES) + [str(i) for i in range(10)])
+TOKEN = {w: i for i, w in enumerate(WORDS)}
+KINDS = ("colour", "count", "left", "exists", "mcq_colour", "mcq_shape", "mcq_count")
+FORMATS = ("letter_first", "letter_after")
+
+
+def scene(rng: np.random.Generator) -> list[tuple[str, str, str, int]]:
+    """2-4 objects (shape, colour, size, cell) in distinct cells of the 3 x 3 grid, as the world draws them."""
+    cells = rng.choice(9, size=int(rng.integers(2, 5)), replace=False)
+    return [(SHAPES[rng.integers(len(SHAPES))], COLOUR_NAMES[rng.integers(len(COLOUR_NAMES))],
+             SIZES[rng.integers(len(SIZES))], int(c)) for c in cells]
+
+
+def lettered(rng: np.random.Generator, correct: str, pool: list[str], style: str) -> tuple[list[str], list[str]]:
+    """Four option lines (the right one and three distractors, shuffled) and the answer tokens."""
+    others = [p for p in pool if p != correct]
+    chosen = [correct] + [others[i] for i in rng.choice(len(others), 3, replace=False)]
+    options = [chosen[i] for i in rng.permutation(4)]
+    letter = "ABCD"[options.index(correct)]
+    lines: list[str] = []
+    for i, option in enumerate(options):
+        lines += ["\n", "-", option, "(", "ABCD"[i], ")"] if style == "letter_after" else ["\n", "ABCD"[i], ".", option]
+    suffix = ["\n", "answer", "with", "the", "option", "letter", "."]
+    return lines + suffix, [correct, "(", letter, ")"] if style == "letter_after" else [letter]
+
+
+def question(rng: np.random.Generator, objects, style: str) -> tuple[str, list[str], list[str]]:
+    """(kind, question tokens, answer tokens): half short answers, half lettered, as ``task: mixed``."""
+    shapes, colours = [o[0] for o in objects], [o[1] for o in objects]
+    unique_shapes = [o for o in objects if shapes.count(o[0]) == 1]
+    unique_colours = [o for o in objects if colours.count(o[1]) == 1]
+    if rng.random() < 0.5:
+        kinds = ["count", "exists"] + (["colour"] if unique_shapes else [])
+        kinds += ["left"] if len({o[3] % 3 for o in unique_shapes}) >= 2 else []
+        kind = kinds[rng.integers(len(kinds))]
+        if kind == "colour":
+            o = unique_shapes[rng.integers(len(unique_shapes))]
+            return kind, ["what", "colour", "is", "the", o[0], "?"], [o[1]]
+        if kind == "count":
+            shape = SHAPES[rng.integers(len(SHAPES))]
+            return kind, ["how", "many", shape, "s", "are", "there", "?"], [str(shapes.count(shape))]
+        if kind == "left":
+            while True:
+                a, b = (unique_shapes[i] for i in rng.choice(len(unique_shapes), 2, replace=False))
+                if a[3] % 3 != b[3] % 3:
+                    break
+            return kind, ["which", "is", "further", "left", ",", "the", a[0], "or", "the", b[0], "?"], \
+                [min(a, b, key=lambda o: o[3] % 3)[0]]
+        if rng.random() < 0.5:
+            o = objects[rng.integers(len(objects))]
+            return kind, ["is", "there", "a", o[1], o[0], "?"], ["yes"]
+        absent = [(c, s) for c in COLOUR_NAMES for s in SHAPES if (s, c) not in {(o[0], o[1]) for o in objects}]
+        colour, shape = absent[rng.integers(len(absent))]
+        return kind, ["is", "there", "a", colour, shape, "?"], ["no"]
+    kinds = ["mcq_count"] + (["mcq_colour"] if unique_shapes else []) + (["mcq_shape"] if unique_colours else [])
+    kind = kinds[rng.integers(len(kinds))]
+    if kind == "mcq_colour":
+        o = unique_shapes[rng.integers(len(unique_shapes))]
+        lines, answer = lettered(rng, o[1], COLOUR_NAMES, style)
+        return kind, ["what", "colour", "is", "the", o[0], "?"] + lines, answer
+    if kind == "mcq_shape":
+        o = unique_colours[rng.integers(len(unique_colours))]
+        lines, answer = lettered(rng, o[0], list(SHAPES), style)
+        return kind, ["which", "shape", "is", o[1], "?"] + lines, answer
+    lines, answer = lettered(rng, str(len(objects)), [str(i) for i in range(1, 7)], style)
+    return kind, ["how", "many", "objects", "are", "there", "?"] + lines, answer
+
+
+def draw(rng: np.random.Generator, n: int, style: str) -> list[tuple[str, np.ndarray, list[int], list[int]]]:
+    """``n`` (kind, cell words (9, 3), prompt ids, answer ids)."""
+    drawn = []
+    for _ in range(n):
+        objects = scene(rng)
+        kind, words, answer = question(rng, objects, style)
+        cells = np.full((9, 3), TOKEN["nothing"])
+        for shape, colour, size, cell in objects:
+            cells[cell] = [TOKEN[colour], TOKEN[shape], TOKEN[size]]
+        prompt = ["USER"] + ["<img>"] * 9 + ["\n"] + words + ["ASSISTANT"]
+        drawn.append((kind, cells, [TOKEN[w] for w in prompt], [TOKEN[w] for w in answer]))
+    return drawn
+
+
+def batch(drawn) -> tuple[torch.Tensor, ...]:
+    """Right-padded ids, attention mask, labels (answer tokens only) and cell words."""
+    longest = max(len(p) + len(a) for _, _, p, a in drawn)
+    ids = torch.zeros(len(drawn), longest, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for row, (_, _, prompt, answer) in enumerate(drawn):
+        ids[row, :len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+        mask[row, :len(prompt) + len(answer)] = 1
+        labels[row, len(prompt):len(prompt) + len(answer)] = torch.tensor(answer)
+    return ids, mask, labels, torch.as_tensor(np.stack([c for _, c, _, _ in drawn]))
+
+
+def run(learning_rate: float, style: str, model_spec: dict, *, steps: int, batch_size: int, every: int,
+        seed: int) -> list[dict]:
+    torch.manual_seed(seed)
+    model = plain_llama(model_spec, len(WORDS), 128)
+    embed = model.get_input_embeddings()
+    cell_embedding = torch.nn.Embedding(9, embed.weight.shape[1])
+    torch.nn.init.normal_(cell_embedding.weight, std=0.02)
+    params = list(model.parameters()) + list(cell_embedding.parameters())
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(0.05 * steps), steps)
+    held_out = draw(np.random.default_rng(seed + 12345), 1400, style)
+
+    def forward(drawn):
+        ids, mask, labels, cells = batch(drawn)
+        inputs = embed(ids).clone()
+        inputs[ids == TOKEN["<img>"]] = (embed(cells).sum(2) + cell_embedding.weight[None]).reshape(-1, inputs.shape[-1])
+        return model(inputs_embeds=inputs, attention_mask=mask).logits[:, :-1], labels[:, 1:]
+
+    def evaluate() -> dict:
+        model.eval()
+        hits: dict[str, list[bool]] = {}
+        with torch.no_grad():
+            for start in range(0, len(held_out), 200):
+                chunk = held_out[start:start + 200]
+                logits, labels = forward(chunk)
+                right = ((logits.argmax(-1) == labels) | (labels == -100)).all(1)
+                for (kind, *_), hit in zip(chunk, right.tolist()):
+                    hits.setdefault(kind, []).append(hit)
+        model.train()
+        return {"accuracy": float(np.mean([h for v in hits.values() for h in v])),
+                "by_kind": {k: float(np.mean(hits[k])) for k in KINDS}}
+
+    rng, began, curve, losses = np.random.default_rng(seed), time.perf_counter(), [], []
+    for step in range(1, steps + 1):
+        logits, labels = forward(draw(rng, batch_size, style))
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if step % every == 0 or step == steps:
+            curve.append({"step": step, "loss": float(np.mean(losses[-every:])), **evaluate(),
+                          "seconds": time.perf_counter() - began})
+            print(f"lr {learning_rate} {style}", {k: v for k, v in curve[-1].items() if k != "by_kind"}, flush=True)
+    return curve
+
+
+def markdown(record: dict) -> str:
+    lines = ["# The world's question mix on perfect scenes, in a plain language model", "",
+             f"{record['model']}; fresh scenes, batch {record['batch_size']}, {record['steps']} steps, seed "
+             f"{record['seed']}; teacher-forced exact match on 1,400 held-out questions. Machine: {record['machine']}.",
+             "", "| learning rate | lettered format | step | all | " + " | ".join(KINDS) + " |",
+             "|---" * (4 + len(KINDS)) + "|"]
+    for name, curve in record["runs"].items():
+        rate, style = name.split(":")
+        for point in curve:
+            lines.append(f"| {rate} | `{style}` | {point['step']} | {point['accuracy']:.1%} | "
+                         + " | ".join(f"{point['by_kind'][k]:.1%}" for k in KINDS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="+", default=["0.002:letter_first", "0.0003:letter_first",
+                                                      "0.0003:letter_after"], metavar="RATE:FORMAT")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--every", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--params", default="params.yaml", help="the base.model sizes are read from here")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/mixed_lr.json"))
+    args = parser.parse_args()
+    for name in args.runs:
+        if name.partition(":")[2] not in FORMATS:
+            parser.error(f"--runs {name}: expected RATE:FORMAT with FORMAT one of {', '.join(FORMATS)}")
+    torch.set_num_threads(1)
+    model_spec = load_params(args.params)["base"]["model"]
+    runs = {name: run(float(name.partition(":")[0]), name.partition(":")[2], model_spec, steps=args.steps,
+                      batch_size=args.batch_size, every=args.every, seed=args.seed) for name in args.runs}
+    record = {"model": (f"LlamaForCausalLM {model_spec['text_layers']} x {model_spec['text_hidden']}, "
+                        f"{model_spec['text_heads']} heads, random initialisation"),
+              "batch_size": args.batch_size, "steps": args.steps, "seed": args.seed, "runs": runs,
+              "machine": machine_line()}
+    write_results(args.out, record, markdown(record))
+
+
+if __name__ == "__main__":
+    main()
