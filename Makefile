@@ -117,13 +117,15 @@ bench-verdict-wide: $(STAMP)
 	  --seeds 1,2,3,4,5,6,7,8 --method bye --set world.task=$$t --keep .cache/verdict_$$t --name $$t || exit 1; done
 
 # What the embedded model does and does not learn (README, "It is a multi-task plateau"); research
-# measurements, not product targets, so not part of `bench`. About 75 minutes on a 2-core CPU.
+# measurements, not product targets, so not part of `bench`. About 85 minutes on a 2-core CPU.
 bench-learning: $(STAMP)
 	$(BIN)/dvc repro dvc.yaml:world dvc.yaml:base
 	$(BIN)/python benchmarks/skill_plateau.py --base models/base --setting colour --steps 1500
 	$(BIN)/python benchmarks/skill_plateau.py --base models/base --setting symbolic --steps 1000
 	$(BIN)/python benchmarks/skill_plateau.py --base models/base --setting symbolic --steps 1000 --learning-rate 0.0003 \
 	  --out benchmarks/results/skill_plateau_symbolic_lr3e-4.json
+	$(BIN)/python benchmarks/skill_plateau.py --base models/base --setting symbolic --steps 1000 --learning-rate 0.0003 \
+	  --reinit --out benchmarks/results/skill_plateau_symbolic_lr3e-4_reinit.json
 	$(BIN)/python benchmarks/text_oracle.py
 	$(BIN)/python benchmarks/letter_pick.py
 	$(BIN)/python benchmarks/mixed_lr.py

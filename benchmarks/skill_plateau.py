@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--every", type=int, default=250)
+    parser.add_argument("--reinit", action="store_true", help="start from a randomly initialised language model")
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/skill_plateau_<setting>.json")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -55,6 +56,8 @@ def main() -> None:
     encode = lambda drawn: [encode_for_training(processor, d.image, d.sample.question, d.sample.answer) for d in drawn]
     train_encoded, test_encoded = encode(train), encode(test)
     language, projector = model.model.language_model, model.model.multi_modal_projector
+    if args.reinit:  # same architecture, fresh weights (the tied output head follows the embeddings)
+        language.load_state_dict(type(language)(language.config).state_dict())
     embed, head = language.get_input_embeddings(), model.lm_head
     side = int(config.image_seq_length ** 0.5)  # image tokens per row (a square grid of patches)
     cell_of_token = torch.tensor([(r * 3 // side) * 3 + c * 3 // side for r in range(side) for c in range(side)])
@@ -114,7 +117,8 @@ def main() -> None:
             print(curve[-1], flush=True)
     out = args.out or Path("benchmarks/results") / f"skill_plateau_{args.setting}.json"
     atomic_write_json(out, {"setting": args.setting, "base": str(args.base), "train_samples": len(train),
-                            "batch_size": args.batch_size, "learning_rate": args.learning_rate, "curve": curve,
+                            "batch_size": args.batch_size, "learning_rate": args.learning_rate, "reinit": args.reinit,
+                            "curve": curve,
                             "machine": machine_line()})
     print(out)
 
