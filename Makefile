@@ -117,7 +117,7 @@ bench-verdict-wide: $(STAMP)
 	  --seeds 1,2,3,4,5,6,7,8 --method bye --set world.task=$$t --keep .cache/verdict_$$t --name $$t || exit 1; done
 
 # What the embedded model does and does not learn (README, "It is a multi-task plateau"); research
-# measurements, not product targets, so not part of `bench`. About 85 minutes on a 2-core CPU.
+# measurements, not product targets, so not part of `bench`. About 100 minutes on a 2-core CPU.
 bench-learning: $(STAMP)
 	$(BIN)/dvc repro dvc.yaml:world dvc.yaml:base
 	$(BIN)/python benchmarks/skill_plateau.py --base models/base --setting colour --steps 1500
@@ -129,6 +129,8 @@ bench-learning: $(STAMP)
 	$(BIN)/python benchmarks/text_oracle.py
 	$(BIN)/python benchmarks/letter_pick.py
 	$(BIN)/python benchmarks/mixed_lr.py
+	$(BIN)/python benchmarks/mixed_lr.py --runs 0.0003:letter_first --pool 12000 --out benchmarks/results/mixed_lr_pool12000.json
+	$(BIN)/python benchmarks/mixed_lr.py --runs 0.0003:letter_first --plurals words --out benchmarks/results/mixed_lr_plural_words.json
 
 # Base recipes through the product's steps, timed (README, "The letter pick, through the product path" and
 # "Within the 4-minute budget"); research measurements, not part of `bench`. About 15 minutes on a 2-core CPU,

@@ -28,16 +28,18 @@ from common import machine_line, plain_llama, write_results
 from transformers import get_cosine_schedule_with_warmup
 
 from bye.config import load_params
-from bye.data.world import COLOURS, SHAPES, SIZES
+from bye.data.world import COLOURS, SHAPES, SIZES, _plural
 
 COLOUR_NAMES = list(COLOURS)
 WORDS = (["<pad>", "<img>", "nothing", "USER", "ASSISTANT", "\n", "?", ".", ",", "-", "(", ")", "s", "what", "colour",
           "is", "the", "how", "many", "are", "there", "which", "further", "left", "or", "a", "shape", "objects",
           "answer", "with", "option", "letter", "yes", "no", "A", "B", "C", "D"]
          + list(SHAPES) + COLOUR_NAMES + list(SIZES) + [str(i) for i in range(10)])
-TOKEN = {w: i for i, w in enumerate(WORDS)}
+PLURAL_WORDS = [_plural(s) for s in SHAPES]  # in the vocabulary only with --plurals words
+TOKEN = {w: i for i, w in enumerate(WORDS + PLURAL_WORDS)}
 KINDS = ("colour", "count", "left", "exists", "mcq_colour", "mcq_shape", "mcq_count")
 FORMATS = ("letter_first", "letter_after")
+PLURALS = ("suffix", "words")  # "circle s", or "circles" as its own token (as the base's BPE has it)
 
 
 def scene(rng: np.random.Generator) -> list[tuple[str, str, str, int]]:
@@ -60,7 +62,8 @@ def lettered(rng: np.random.Generator, correct: str, pool: list[str], style: str
     return lines + suffix, [correct, "(", letter, ")"] if style == "letter_after" else [letter]
 
 
-def question(rng: np.random.Generator, objects, style: str) -> tuple[str, list[str], list[str]]:
+def question(rng: np.random.Generator, objects, style: str,
+             plurals: str = "suffix") -> tuple[str, list[str], list[str]]:
     """(kind, question tokens, answer tokens): half short answers, half lettered, as ``task: mixed``."""
     shapes, colours = [o[0] for o in objects], [o[1] for o in objects]
     unique_shapes = [o for o in objects if shapes.count(o[0]) == 1]
@@ -74,7 +77,8 @@ def question(rng: np.random.Generator, objects, style: str) -> tuple[str, list[s
             return kind, ["what", "colour", "is", "the", o[0], "?"], [o[1]]
         if kind == "count":
             shape = SHAPES[rng.integers(len(SHAPES))]
-            return kind, ["how", "many", shape, "s", "are", "there", "?"], [str(shapes.count(shape))]
+            plural = [shape, "s"] if plurals == "suffix" else [_plural(shape)]
+            return kind, ["how", "many", *plural, "are", "there", "?"], [str(shapes.count(shape))]
         if kind == "left":
             while True:
                 a, b = (unique_shapes[i] for i in rng.choice(len(unique_shapes), 2, replace=False))
@@ -102,12 +106,13 @@ def question(rng: np.random.Generator, objects, style: str) -> tuple[str, list[s
     return kind, ["how", "many", "objects", "are", "there", "?"] + lines, answer
 
 
-def draw(rng: np.random.Generator, n: int, style: str) -> list[tuple[str, np.ndarray, list[int], list[int]]]:
+def draw(rng: np.random.Generator, n: int, style: str,
+         plurals: str = "suffix") -> list[tuple[str, np.ndarray, list[int], list[int]]]:
     """``n`` (kind, cell words (9, 3), prompt ids, answer ids)."""
     drawn = []
     for _ in range(n):
         objects = scene(rng)
-        kind, words, answer = question(rng, objects, style)
+        kind, words, answer = question(rng, objects, style, plurals)
         cells = np.full((9, 3), TOKEN["nothing"])
         for shape, colour, size, cell in objects:
             cells[cell] = [TOKEN[colour], TOKEN[shape], TOKEN[size]]
@@ -130,21 +135,22 @@ def batch(drawn) -> tuple[torch.Tensor, ...]:
 
 
 def run(learning_rate: float, style: str, model_spec: dict, *, steps: int, batch_size: int, every: int,
-        seed: int) -> list[dict]:
+        seed: int, pool: int = 0, plurals: str = "suffix") -> list[dict]:
     torch.manual_seed(seed)
-    model = plain_llama(model_spec, len(WORDS), 128)
+    model = plain_llama(model_spec, len(WORDS) + (len(PLURAL_WORDS) if plurals == "words" else 0), 128)
     embed = model.get_input_embeddings()
     cell_embedding = torch.nn.Embedding(9, embed.weight.shape[1])
     torch.nn.init.normal_(cell_embedding.weight, std=0.02)
     params = list(model.parameters()) + list(cell_embedding.parameters())
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(0.05 * steps), steps)
-    held_out = draw(np.random.default_rng(seed + 12345), 1400, style)
+    held_out = draw(np.random.default_rng(seed + 12345), 1400, style, plurals)
 
     def forward(drawn):
         ids, mask, labels, cells = batch(drawn)
         inputs = embed(ids).clone()
-        inputs[ids == TOKEN["<img>"]] = (embed(cells).sum(2) + cell_embedding.weight[None]).reshape(-1, inputs.shape[-1])
+        cell_vectors = embed(cells).sum(2) + cell_embedding.weight[None]
+        inputs[ids == TOKEN["<img>"]] = cell_vectors.reshape(-1, inputs.shape[-1])
         return model(inputs_embeds=inputs, attention_mask=mask).logits[:, :-1], labels[:, 1:]
 
     def evaluate() -> dict:
@@ -162,8 +168,10 @@ def run(learning_rate: float, style: str, model_spec: dict, *, steps: int, batch
                 "by_kind": {k: float(np.mean(hits[k])) for k in KINDS}}
 
     rng, began, curve, losses = np.random.default_rng(seed), time.perf_counter(), [], []
+    scenes = draw(rng, pool, style, plurals) if pool else None  # a fixed pool, as the harness's 12,000 scenes
     for step in range(1, steps + 1):
-        logits, labels = forward(draw(rng, batch_size, style))
+        chosen = [scenes[i] for i in rng.choice(pool, batch_size, replace=False)] if pool else None
+        logits, labels = forward(chosen or draw(rng, batch_size, style, plurals))
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -179,8 +187,10 @@ def run(learning_rate: float, style: str, model_spec: dict, *, steps: int, batch
 
 
 def markdown(record: dict) -> str:
+    data = f"a fixed pool of {record['pool']:,} scenes" if record.get("pool") else "fresh scenes"
+    data += ", plurals as words of their own" if record.get("plurals") == "words" else ""
     lines = ["# The world's question mix on perfect scenes, in a plain language model", "",
-             f"{record['model']}; fresh scenes, batch {record['batch_size']}, {record['steps']} steps, seed "
+             f"{record['model']}; {data}, batch {record['batch_size']}, {record['steps']} steps, seed "
              f"{record['seed']}; teacher-forced exact match on 1,400 held-out questions. Machine: {record['machine']}.",
              "", "| learning rate | lettered format | step | all | " + " | ".join(KINDS) + " |",
              "|---" * (4 + len(KINDS)) + "|"]
@@ -200,6 +210,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--every", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pool", type=int, default=0,
+                        help="train on this many fixed scenes (0: a fresh batch each step)")
+    parser.add_argument("--plurals", choices=PLURALS, default="suffix",
+                        help='"How many circle s": the shape\'s own token; "words": a token of its own, as in the BPE')
     parser.add_argument("--params", default="params.yaml", help="the base.model sizes are read from here")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/mixed_lr.json"))
     args = parser.parse_args()
@@ -209,10 +223,13 @@ def main() -> None:
     torch.set_num_threads(1)
     model_spec = load_params(args.params)["base"]["model"]
     runs = {name: run(float(name.partition(":")[0]), name.partition(":")[2], model_spec, steps=args.steps,
-                      batch_size=args.batch_size, every=args.every, seed=args.seed) for name in args.runs}
+                      batch_size=args.batch_size, every=args.every, seed=args.seed, pool=args.pool,
+                      plurals=args.plurals)
+            for name in args.runs}
     record = {"model": (f"LlamaForCausalLM {model_spec['text_layers']} x {model_spec['text_hidden']}, "
                         f"{model_spec['text_heads']} heads, random initialisation"),
-              "batch_size": args.batch_size, "steps": args.steps, "seed": args.seed, "runs": runs,
+              "batch_size": args.batch_size, "steps": args.steps, "seed": args.seed, "pool": args.pool,
+              "plurals": args.plurals, "runs": runs,
               "machine": machine_line()}
     write_results(args.out, record, markdown(record))
 
