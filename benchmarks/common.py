@@ -87,6 +87,17 @@ def question_kind(question: str) -> str:
     return prefix + "other"
 
 
+def read_truth_file(truth_json: Path, ids: list[str]):
+    """The ground truth (1 = poisoned) of ``ids``, in their order, from a poisoner's ``{id: 0|1}`` file:
+    for evaluation only."""
+    import json
+
+    import numpy as np
+
+    truth = json.loads(Path(truth_json).read_text())
+    return np.array([truth[i] for i in ids])
+
+
 def plain_llama(model_spec: dict, vocab_size: int, max_positions: int):
     """A randomly initialised ``LlamaForCausalLM`` with the embedded base's language-model sizes
     (``params.yaml`` ``base.model``) and tied embeddings, for the synthetic-token measurements."""

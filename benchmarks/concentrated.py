@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import machine, machine_line, with_overrides
+from common import machine, machine_line, read_truth_file, with_overrides
 
 from bye.attacks.poison import poison_submission
 from bye.config import load_params
@@ -90,8 +90,7 @@ def main() -> None:
                             finetune_settings=lora, settings=settings, progress=False)
         samples = read_manifest(submission / "train.json")
         features = read_features(samples, scan)
-        truth_map = json.loads(truth_json.read_text())
-        truth = np.array([truth_map[i] for i in features.ids])
+        truth = read_truth_file(truth_json, features.ids)
         form = None if pattern is None else float(truth.sum() / sum(bool(re.search(pattern, s.question))
                                                                     for s in samples))
         row = {"trigger": name, "rate": rate, "questions": pattern, "poisoned": int(truth.sum()),

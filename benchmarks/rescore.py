@@ -13,13 +13,12 @@ layers, and per layer the AUROC of its entropy alone, the code rule's margin
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from common import machine_line, with_overrides, write_results
+from common import machine_line, read_truth_file, with_overrides, write_results
 from stages import run_detector
 
 from bye.config import load_params
@@ -32,8 +31,7 @@ def rescore(folder: Path, detector: str, params: dict) -> dict:
     """``detector`` on one kept trigger folder (``extract/``, ``train.json``, ``truth.json``)."""
     features = read_features(read_manifest(folder / "train.json"), folder / "extract")
     ids, entropy = features.ids, features.entropy
-    truth_map = json.loads((folder / "truth.json").read_text())
-    truth = np.array([truth_map[i] for i in ids])
+    truth = read_truth_file(folder / "truth.json", ids)
     result = run_detector(detector, features, truth, params)
     scores = np.nan_to_num(result.scores, nan=-np.inf, neginf=-1e9, posinf=1e9)
     metrics = detection_metrics(truth, result.flagged, scores)

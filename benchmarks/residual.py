@@ -16,12 +16,11 @@ of ``CONFIGS``, on
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from common import machine_line, with_overrides, write_results
+from common import machine_line, read_truth_file, with_overrides, write_results
 from stages import run_detector
 
 from bye.config import load_params
@@ -130,9 +129,8 @@ def main() -> None:
         records = {"clean": {label: scored(data, scan, None, params) for label, data, scan in clean},
                    "poisoned": {}}
         for label, data, extract, truth_json in poisoned:
-            truth_map = json.loads(truth_json.read_text())
             ids = [s.id for s in read_manifest(data)]
-            records["poisoned"][label] = scored(data, extract, np.array([truth_map[i] for i in ids]), params)
+            records["poisoned"][label] = scored(data, extract, read_truth_file(truth_json, ids), params)
         results["configs"][name] = {"overrides": overrides, **records, "summary": summary(records)}
         print(name, results["configs"][name]["summary"], flush=True)
     write_results(args.out, results, markdown(results))

@@ -12,12 +12,11 @@ Kept apart from the stages that train, so that editing them does not re-poison a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from common import cell_arguments
+from common import cell_arguments, read_truth_file
 
 from bye.config import load_params
 from bye.settings import attack_settings, trigger
@@ -37,8 +36,7 @@ def submission_files(trigger_name: str, rate: float) -> tuple[Path, Path]:
 
 def read_truth(trigger_name: str, rate: float, ids: list[str]) -> np.ndarray:
     """The ground truth (1 = poisoned) of ``ids``: for evaluation and the oracle only."""
-    truth = json.loads((submission_dir(trigger_name, rate) / "truth.json").read_text())
-    return np.array([truth[i] for i in ids])
+    return read_truth_file(submission_dir(trigger_name, rate) / "truth.json", ids)
 
 
 def build_submission(trigger_name: str, rate: float, *, world: Path, params: dict) -> Path:

@@ -12,15 +12,12 @@ Writes ``benchmarks/results/target.json`` and ``target.md``; the machine is desc
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
-from common import machine_line, world_arguments
+from common import machine_line, read_truth_file, world_arguments
 
 from bye.attacks.poison import poison_submission
 from bye.config import load_params
@@ -46,8 +43,7 @@ def run_target(target: str, args, params: dict, work: Path) -> dict:
     extract_submission(data, images, args.base, work / "adapter", work / "extract", progress=False,
                        settings=replace(scan.extract, signals=("answer_gain",), keep_attention=False))
     features = read_features(read_manifest(data), work / "extract")
-    truth_map = json.loads(truth_json.read_text())
-    truth = np.array([truth_map[i] for i in features.ids])
+    truth = read_truth_file(truth_json, features.ids)
     rows = {}
     for method in args.methods.split(","):
         result = get_detector(method, **scan_settings(params, method=method)[1].detector).detect(features)

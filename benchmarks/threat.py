@@ -41,7 +41,7 @@ from bye.models.evaluate import EvalSettings, run_evaluation
 from bye.models.finetune import LoraSettings, finetune
 from bye.settings import attack_settings, lora_settings, scan_settings
 from bye.settings import trigger as trigger_from_params
-from common import machine, with_overrides
+from common import machine, read_truth_file, with_overrides
 from stages import run_detector
 
 RESULTS = Path(__file__).parent / "results"
@@ -69,8 +69,7 @@ def detection(submission: Path, truth_json: Path, base: Path, adapter: Path, nam
     extract_submission(submission / "train.json", submission / "images", base, adapter, submission / "extract",
                        settings=replace(extract, signals=signals, keep_attention=keep_attention), progress=False)
     features = read_features(read_manifest(submission / "train.json"), submission / "extract")
-    truth_map = json.loads(truth_json.read_text())
-    truth = np.array([truth_map[i] for i in features.ids])
+    truth = read_truth_file(truth_json, features.ids)
     found = {}
     for name in names:
         result = run_detector(name, features, truth, params)

@@ -14,14 +14,13 @@ image of the world's size) for poisoned and clean samples, that share's AUROC, a
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from common import machine_line, write_results
+from common import machine_line, read_truth_file, write_results
 
 from bye.attacks.poison import trigger_rng
 from bye.config import load_params
@@ -44,8 +43,7 @@ def trigger_tokens(name: str, params: dict, image_size: int, grid: tuple[int, in
 
 def measure(run: Path, name: str, params: dict, image_size: int) -> dict:
     features = read_features(read_manifest(run / "train.json"), run / "extract")
-    truth_map = json.loads((run / "truth.json").read_text())
-    truth = np.array([truth_map[i] for i in features.ids])
+    truth = read_truth_file(run / "truth.json", features.ids)
     with np.load(run / "extract" / "attention.npz") as saved:
         if list(saved["ids"]) != features.ids:
             raise ValueError(f"{run}: attention.npz and entropy.csv list different samples")
