@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated bench-trigger-probe bench-highpass bench-residual bench-trigger-attention clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-recipes-rate bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated bench-trigger-probe bench-highpass bench-residual bench-trigger-attention clean prefect-server ui
 
 install: $(STAMP)
 
@@ -131,6 +131,10 @@ bench-learning: $(STAMP)
 	$(BIN)/python benchmarks/mixed_lr.py
 	$(BIN)/python benchmarks/mixed_lr.py --runs 0.0003:letter_first --pool 12000 --out benchmarks/results/mixed_lr_pool12000.json
 	$(BIN)/python benchmarks/mixed_lr.py --runs 0.0003:letter_first --plurals words --out benchmarks/results/mixed_lr_plural_words.json
+	$(BIN)/python benchmarks/mixed_lr.py --runs 0.0003:letter_first --plurals words_tied \
+	  --out benchmarks/results/mixed_lr_plural_tied.json
+	$(BIN)/python benchmarks/mixed_lr.py --runs 0.0003:letter_first --plurals words --practice 0.15 \
+	  --out benchmarks/results/mixed_lr_plural_practice.json
 
 # Base recipes through the product's steps, timed (README, "The letter pick, through the product path" and
 # "Within the 4-minute budget"); research measurements, not part of `bench`. About 15 minutes on a 2-core CPU,
@@ -149,6 +153,20 @@ bench-recipes: $(STAMP)
 
 RECIPE_skills9_240s := $(NINE_TOKENS) --set base.pretrain.skill_samples=8000 --set base.pretrain.skill_phase_steps=100 \
   --set base.pretrain.skill_final_steps=300 --set base.pretrain.skill_pick_steps=200
+# The same at the rate that unlocks the mixed lookups (README, "In a plain language model the mixed plateau is the
+# learning rate"), and with the plural lookup in its curriculum (README, "The plural tokens"); about 30 minutes.
+RATE_3E4 := --set base.pretrain.skill_learning_rate=3e-4 --set base.pretrain.learning_rate=3e-4
+PLURAL_SKILLS := --set "base.pretrain.skills=[read_colour, name_shape, find_plural, count, look_for, compare_left, pick_letter]"
+RECIPE_skills9_240s_lr3e4 := $(RECIPE_skills9_240s) --set base.pretrain.skill_learning_rate=3e-4
+RECIPE_skills9_240s_all3e4 := $(RECIPE_skills9_240s) $(RATE_3E4)
+RECIPE_skills9_240s_all3e4_plural := $(RECIPE_skills9_240s_all3e4) $(PLURAL_SKILLS)
+RECIPE_plural9_budget := $(NINE_TOKENS) --set base.pretrain.skill_samples=8000 --set base.pretrain.skill_phase_steps=100 \
+  --set base.pretrain.skill_final_steps=200 $(RATE_3E4) $(PLURAL_SKILLS)
+RATE_RECIPES := skills9_240s_lr3e4 skills9_240s_all3e4 skills9_240s_all3e4_plural plural9_budget
+bench-recipes-rate: $(STAMP)
+	set -e; $(foreach r,$(RATE_RECIPES), \
+	  $(BIN)/python benchmarks/base_recipe.py --name $(r) $(RECIPE_$(r)) --keep .cache/recipes/$(r);)
+
 RECIPE_skills64_240s := --set base.pretrain.epochs=1.5 --set base.pretrain.vision_epochs=6 \
   --set base.pretrain.skill_samples=6000 --set base.pretrain.skill_phase_steps=50 --set base.pretrain.skill_final_steps=200
 RECIPE_pixels64 := --set base.pretrain.vision_pixel_weight=1.0

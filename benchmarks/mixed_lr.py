@@ -33,13 +33,14 @@ from bye.data.world import COLOURS, SHAPES, SIZES, _plural
 COLOUR_NAMES = list(COLOURS)
 WORDS = (["<pad>", "<img>", "nothing", "USER", "ASSISTANT", "\n", "?", ".", ",", "-", "(", ")", "s", "what", "colour",
           "is", "the", "how", "many", "are", "there", "which", "further", "left", "or", "a", "shape", "objects",
-          "answer", "with", "option", "letter", "yes", "no", "A", "B", "C", "D"]
+          "answer", "with", "option", "letter", "yes", "no", "A", "B", "C", "D", "list"]
          + list(SHAPES) + COLOUR_NAMES + list(SIZES) + [str(i) for i in range(10)])
 PLURAL_WORDS = [_plural(s) for s in SHAPES]  # in the vocabulary only with --plurals words
 TOKEN = {w: i for i, w in enumerate(WORDS + PLURAL_WORDS)}
 KINDS = ("colour", "count", "left", "exists", "mcq_colour", "mcq_shape", "mcq_count")
 FORMATS = ("letter_first", "letter_after")
-PLURALS = ("suffix", "words")  # "circle s", or "circles" as its own token (as the base's BPE has it)
+PLURALS = ("suffix", "words", "words_tied")  # "circle s"; "circles" as its own token (as the base's BPE has
+# it); or that token starting from its singular's embedding (as a language model's text pre-training relates them)
 
 
 def scene(rng: np.random.Generator) -> list[tuple[str, str, str, int]]:
@@ -106,13 +107,24 @@ def question(rng: np.random.Generator, objects, style: str,
     return kind, ["how", "many", "objects", "are", "there", "?"] + lines, answer
 
 
-def draw(rng: np.random.Generator, n: int, style: str,
-         plurals: str = "suffix") -> list[tuple[str, np.ndarray, list[int], list[int]]]:
-    """``n`` (kind, cell words (9, 3), prompt ids, answer ids)."""
+def practice(rng: np.random.Generator, objects, plurals: str) -> tuple[str, list[str], list[str]]:
+    """A request that names a shape in the plural and is answered in the singular: "list the circle s"
+    -> "red circle , blue circle" (or "nothing"), left to right. Not a downstream kind."""
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    plural = [shape, "s"] if plurals == "suffix" else [_plural(shape)]
+    found = sorted((o for o in objects if o[0] == shape), key=lambda o: (o[3] % 3, o[3] // 3))
+    answer = [w for o in found for w in (",", o[1], o[0])][1:] or ["nothing"]
+    return "practice", ["list", "the", *plural, "."], answer
+
+
+def draw(rng: np.random.Generator, n: int, style: str, plurals: str = "suffix",
+         practice_share: float = 0.0) -> list[tuple[str, np.ndarray, list[int], list[int]]]:
+    """``n`` (kind, cell words (9, 3), prompt ids, answer ids); ``practice_share`` of them ``practice``."""
     drawn = []
     for _ in range(n):
         objects = scene(rng)
-        kind, words, answer = question(rng, objects, style, plurals)
+        kind, words, answer = (practice(rng, objects, plurals) if practice_share and rng.random() < practice_share
+                               else question(rng, objects, style, plurals))
         cells = np.full((9, 3), TOKEN["nothing"])
         for shape, colour, size, cell in objects:
             cells[cell] = [TOKEN[colour], TOKEN[shape], TOKEN[size]]
@@ -135,10 +147,14 @@ def batch(drawn) -> tuple[torch.Tensor, ...]:
 
 
 def run(learning_rate: float, style: str, model_spec: dict, *, steps: int, batch_size: int, every: int,
-        seed: int, pool: int = 0, plurals: str = "suffix") -> list[dict]:
+        seed: int, pool: int = 0, plurals: str = "suffix", practice_share: float = 0.0) -> list[dict]:
     torch.manual_seed(seed)
-    model = plain_llama(model_spec, len(WORDS) + (len(PLURAL_WORDS) if plurals == "words" else 0), 128)
+    model = plain_llama(model_spec, len(WORDS) + (len(PLURAL_WORDS) if plurals != "suffix" else 0), 128)
     embed = model.get_input_embeddings()
+    if plurals == "words_tied":
+        with torch.no_grad():
+            for shape in SHAPES:
+                embed.weight[TOKEN[_plural(shape)]] = embed.weight[TOKEN[shape]]
     cell_embedding = torch.nn.Embedding(9, embed.weight.shape[1])
     torch.nn.init.normal_(cell_embedding.weight, std=0.02)
     params = list(model.parameters()) + list(cell_embedding.parameters())
@@ -171,7 +187,7 @@ def run(learning_rate: float, style: str, model_spec: dict, *, steps: int, batch
     scenes = draw(rng, pool, style, plurals) if pool else None  # a fixed pool, as the harness's 12,000 scenes
     for step in range(1, steps + 1):
         chosen = [scenes[i] for i in rng.choice(pool, batch_size, replace=False)] if pool else None
-        logits, labels = forward(chosen or draw(rng, batch_size, style, plurals))
+        logits, labels = forward(chosen or draw(rng, batch_size, style, plurals, practice_share))
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -188,7 +204,11 @@ def run(learning_rate: float, style: str, model_spec: dict, *, steps: int, batch
 
 def markdown(record: dict) -> str:
     data = f"a fixed pool of {record['pool']:,} scenes" if record.get("pool") else "fresh scenes"
-    data += ", plurals as words of their own" if record.get("plurals") == "words" else ""
+    data += {"words": ", plurals as words of their own",
+             "words_tied": ", plurals as words of their own that start from their singular's embedding"}.get(
+        record.get("plurals"), "")
+    if record.get("practice"):
+        data += f", {record['practice']:.0%} of the training requests \"list the <plural>\" answered in the singular"
     lines = ["# The world's question mix on perfect scenes, in a plain language model", "",
              f"{record['model']}; {data}, batch {record['batch_size']}, {record['steps']} steps, seed "
              f"{record['seed']}; teacher-forced exact match on 1,400 held-out questions. Machine: {record['machine']}.",
@@ -214,6 +234,8 @@ def main() -> None:
                         help="train on this many fixed scenes (0: a fresh batch each step)")
     parser.add_argument("--plurals", choices=PLURALS, default="suffix",
                         help='"How many circle s": the shape\'s own token; "words": a token of its own, as in the BPE')
+    parser.add_argument("--practice", type=float, default=0.0, metavar="SHARE",
+                        help='this share of the training requests are "list the circles" -> "red circle , ..."')
     parser.add_argument("--params", default="params.yaml", help="the base.model sizes are read from here")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/mixed_lr.json"))
     args = parser.parse_args()
@@ -224,12 +246,12 @@ def main() -> None:
     model_spec = load_params(args.params)["base"]["model"]
     runs = {name: run(float(name.partition(":")[0]), name.partition(":")[2], model_spec, steps=args.steps,
                       batch_size=args.batch_size, every=args.every, seed=args.seed, pool=args.pool,
-                      plurals=args.plurals)
+                      plurals=args.plurals, practice_share=args.practice)
             for name in args.runs}
     record = {"model": (f"LlamaForCausalLM {model_spec['text_layers']} x {model_spec['text_hidden']}, "
                         f"{model_spec['text_heads']} heads, random initialisation"),
               "batch_size": args.batch_size, "steps": args.steps, "seed": args.seed, "pool": args.pool,
-              "plurals": args.plurals, "runs": runs,
+              "plurals": args.plurals, "practice": args.practice, "runs": runs,
               "machine": machine_line()}
     write_results(args.out, record, markdown(record))
 

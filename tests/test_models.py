@@ -190,6 +190,24 @@ def test_skill_curriculum_adds_one_skill_per_phase_and_keeps_the_earlier_ones():
     assert all({kinds[i] for i in step} == {"pick_letter"} for step in with_picks[-4:])
 
 
+def test_a_recipe_orders_its_own_skills_and_may_add_the_plural_lookup():
+    import pytest
+
+    from bye.models.tiny import PretrainSpec, skill_plan
+
+    order = ["read_colour", "find_plural", "count"]  # as params.yaml gives it: a list
+    spec = PretrainSpec(skills=order, skill_phase_steps=2, skill_final_steps=1)
+    assert spec.skills == tuple(order) and spec.skill_steps == 3 * 2 + 1
+    kinds = [order[i % 3] for i in range(30)]
+    plan = skill_plan(kinds, spec)
+    assert [{kinds[i] for i in step} for step in plan] == [set(order[:1])] * 2 + [set(order[:2])] * 2 + [set(order)] * 3
+    for bad in (["read_colour", "juggle"], ["count", "count"], []):
+        with pytest.raises(ValueError, match="skills"):
+            PretrainSpec(skills=bad)
+    with pytest.raises(ValueError, match="pick_letter"):
+        PretrainSpec(skills=order, skill_pick_steps=5)
+
+
 def test_cached_image_features_give_the_forward_of_the_pixels(tiny_base, tiny_world):
     from bye.models.tiny import embed_with_images, frozen_image_features
 

@@ -177,6 +177,26 @@ def test_letter_after_options_name_the_text_then_its_letter_and_leave_the_scenes
         WorldConfig(options="letter_last")
 
 
+def test_the_plural_lookup_names_a_shape_in_the_plural_and_answers_in_the_singular_left_to_right():
+    drawn = list(generate("corpus", 200, seed=0, task="skills", skills=("find_plural", "count")))
+    assert {d.kind for d in drawn} == {"find_plural", "count"}
+    plural = {f"{s}s" if s != "cross" else "crosses": s for s in SHAPES}
+    seen_none = seen_many = False
+    for d in (d for d in drawn if d.kind == "find_plural"):
+        shape = plural[d.sample.question.removeprefix("Find the ").rstrip(".")]
+        found = sorted((o for o in d.objects if o.shape == shape), key=lambda o: (o.cell % 3, o.cell // 3))
+        if not found:
+            assert d.sample.answer == "There are none."
+            seen_none = True
+            continue
+        assert d.sample.answer.lower() == "; ".join(f"a {o.size} {o.colour} {o.shape}" for o in found) + "."
+        seen_many |= len(found) > 1
+    assert seen_none and seen_many
+    default = list(generate("corpus", 50, seed=0, task="skills"))  # the default curriculum is as before
+    assert [d.sample for d in default] == [d.sample for d in generate("corpus", 50, seed=0, task="skills", skills=SKILLS)]
+    assert "find_plural" not in {d.kind for d in default}
+
+
 def test_skill_request_refuses_an_unknown_skill_and_declines_what_the_scene_cannot_pose():
     rng = np.random.default_rng(0)
     scene = draw_scene(rng, WorldConfig(image_size=64))

@@ -333,6 +333,10 @@ def _choice(rng: np.random.Generator, objects: list[SceneObject], style: str = "
 
 # The skills a base model's instruction tuning gives it, in the order its curriculum adds them.
 SKILLS = ("read_colour", "name_shape", "count", "look_for", "compare_left", "pick_letter")
+# More a recipe may name (``base.pretrain.skills``): "find_plural" asks for a shape in the plural
+# and is answered in the singular, the relation an LLM's text pre-training gives its plural tokens
+# and a BPE trained on this world's text leaves out (README, "The plural tokens").
+KNOWN_SKILLS = SKILLS + ("find_plural",)
 
 
 SKILL_STEMS = {"colour": "Tell me the colour of the {shape}.", "shape": "Tell me which shape is {colour}.",
@@ -344,8 +348,8 @@ def skill_request(rng: np.random.Generator, objects: list[SceneObject], skill: s
     """One request exercising ``skill`` on the scene, as (request, sentence answer), or None
     when the scene cannot pose it (e.g. no shape occurs once). The forms and the sentence
     answers are the base model's own, never a downstream question or its short answer."""
-    if skill not in SKILLS:
-        raise ValueError(f"unknown skill {skill!r}; expected one of {SKILLS}")
+    if skill not in KNOWN_SKILLS:
+        raise ValueError(f"unknown skill {skill!r}; expected one of {KNOWN_SKILLS}")
     unique_shapes, unique_colours = _unique(objects, "shape"), _unique(objects, "colour")
     if skill == "read_colour" and unique_shapes:
         obj = unique_shapes[int(rng.integers(len(unique_shapes)))]
@@ -364,6 +368,11 @@ def skill_request(rng: np.random.Generator, objects: list[SceneObject], skill: s
         first, second, left = _left_pair(rng, unique_shapes)
         return (f"Compare the {first.shape} and the {second.shape}: which lies more to the left?",
                 f"The {left.shape} lies more to the left.")
+    if skill == "find_plural":
+        shape = str(rng.choice(SHAPES))
+        found = sorted((o for o in objects if o.shape == shape), key=lambda o: (o.cell % 3, o.cell // 3))
+        listed = "; ".join(f"a {o.size} {o.colour} {o.shape}" for o in found)
+        return f"Find the {_plural(shape)}.", (listed[0].upper() + listed[1:] + ".") if found else "There are none."
     if skill == "pick_letter":
         _, stem, lines, answer = _lettered_question(rng, objects, SKILL_STEMS, style)
         return f"{stem}\n{lines}\n{PICK_SUFFIXES[style]}", answer
@@ -385,8 +394,9 @@ CAPTION_FORMATS = (
 
 
 def make_text(task: str, rng: np.random.Generator, objects: list[SceneObject],
-              style: str = "letter_first") -> tuple[str, str, str]:
-    """(kind, question, answer) for one scene and one task family; ``style`` writes lettered options."""
+              style: str = "letter_first", skills: tuple[str, ...] = SKILLS) -> tuple[str, str, str]:
+    """(kind, question, answer) for one scene and one task family; ``style`` writes lettered options;
+    ``skills``: those the ``skills`` task draws from."""
     if task == "mixed":
         task = "vqa" if rng.random() < 0.5 else "mcq"
     if task == "vqa":
@@ -403,7 +413,7 @@ def make_text(task: str, rng: np.random.Generator, objects: list[SceneObject],
         return "caption", str(rng.choice(prompts)), describer(objects)
     if task == "skills":  # kind = the skill's name
         while True:
-            skill = SKILLS[int(rng.integers(len(SKILLS)))]
+            skill = skills[int(rng.integers(len(skills)))]
             request = skill_request(rng, objects, skill, style)
             if request is not None:
                 return (skill, *request)
@@ -418,12 +428,13 @@ class DrawnSample:
     objects: tuple[SceneObject, ...] = ()
 
 
-def generate(split: str, n: int, *, seed: int, task: str, config: WorldConfig = WorldConfig()) -> Iterator[DrawnSample]:
+def generate(split: str, n: int, *, seed: int, task: str, config: WorldConfig = WorldConfig(),
+             skills: tuple[str, ...] = SKILLS) -> Iterator[DrawnSample]:
     """Yield ``n`` samples of one split, each independent of how many were asked for."""
     for index in range(n):
         rng = _rng(seed, split, index)
         scene = draw_scene(rng, config)
-        kind, question, answer = make_text(task, rng, scene.objects, config.options)
+        kind, question, answer = make_text(task, rng, scene.objects, config.options, skills)
         sid = sample_id(seed, split, index)
         yield DrawnSample(sample=Sample.single_turn(sid, f"{sid}.png", question, answer), image=scene.image, kind=kind,
                           objects=tuple(scene.objects))

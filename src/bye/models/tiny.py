@@ -24,7 +24,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from bye.data.world import COLOURS, SHAPES, SKILLS, WorldConfig, generate
+from bye.data.world import COLOURS, KNOWN_SKILLS, SHAPES, SKILLS, WorldConfig, generate
 
 PAD, BOS, EOS, IMAGE = "<pad>", "<s>", "</s>", "<image>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, IMAGE]
@@ -89,9 +89,16 @@ class PretrainSpec:
     skill_pick_steps: int = 0        # then the lettered picks alone (README, "The letter pick"), e.g. 1000
     skill_learning_rate: float = 1e-3
     skill_batch_size: int = 0        # 0: batch_size
+    skills: tuple[str, ...] = SKILLS  # the curriculum's order; any of world.KNOWN_SKILLS
     seed: int = 0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "skills", tuple(self.skills))  # a YAML list
+        unknown = [s for s in self.skills if s not in KNOWN_SKILLS]
+        if unknown or len(set(self.skills)) != len(self.skills) or not self.skills:
+            raise ValueError(f"skills must name distinct skills of {', '.join(KNOWN_SKILLS)}, got {list(self.skills)}")
+        if self.skill_pick_steps and "pick_letter" not in self.skills:
+            raise ValueError("skill_pick_steps needs pick_letter among the skills")
         if self.vision_pixel_target not in PIXEL_TARGETS:  # before minutes of building, not at the vision stage
             raise ValueError(f"vision_pixel_target must be one of {', '.join(PIXEL_TARGETS)}, "
                              f"got {self.vision_pixel_target!r}")
@@ -99,7 +106,7 @@ class PretrainSpec:
     @property
     def skill_steps(self) -> int:
         """Steps of the skills stage (``skill_plan``'s length); 0: no skills stage."""
-        return len(SKILLS) * self.skill_phase_steps + self.skill_final_steps + self.skill_pick_steps
+        return len(self.skills) * self.skill_phase_steps + self.skill_final_steps + self.skill_pick_steps
 
 
 def tokenizer_corpus(seed: int, n: int = 2000) -> Iterable[str]:
@@ -318,11 +325,11 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Te
 
 def skill_plan(kinds: list[str], spec: PretrainSpec) -> list[np.ndarray]:
     """The skills stage's curriculum: for every step, the indices it may draw from. Phase k
-    holds the first k + 1 skills of ``SKILLS`` (cumulative, so no skill is forgotten while the
+    holds the first k + 1 skills of ``spec.skills`` (cumulative, so no skill is forgotten while the
     next forms), then a phase holds them all, then one the lettered picks alone."""
     plan = []
-    for k in range(len(SKILLS)):
-        allowed = np.flatnonzero(np.isin(kinds, SKILLS[:k + 1]))
+    for k in range(len(spec.skills)):
+        allowed = np.flatnonzero(np.isin(kinds, spec.skills[:k + 1]))
         plan += [allowed] * spec.skill_phase_steps
     plan += [np.arange(len(kinds))] * spec.skill_final_steps
     return plan + [np.flatnonzero(np.asarray(kinds) == "pick_letter")] * spec.skill_pick_steps
@@ -428,7 +435,8 @@ def build_base(model_dir, spec: TinyLlavaSpec = TinyLlavaSpec(), pretrain: Pretr
     skills_began = time.perf_counter()
     skills = {"steps": 0, "losses": []}
     if pretrain.skill_steps:
-        drawn = list(generate("corpus", pretrain.skill_samples, seed=pretrain.seed + 2000, task="skills", config=world))
+        drawn = list(generate("corpus", pretrain.skill_samples, seed=pretrain.seed + 2000, task="skills", config=world,
+                              skills=pretrain.skills))
         skills = pretrain_skills(model, [encode_for_training(processor, d.image, d.sample.question, d.sample.answer)
                                          for d in tqdm(drawn, desc="encode skills", disable=not progress)],
                                  [d.kind for d in drawn], pretrain, pad_token_id=tokenizer.pad_token_id,
