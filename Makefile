@@ -154,24 +154,30 @@ bench-recipes: $(STAMP)
 RECIPE_skills9_240s := $(NINE_TOKENS) --set base.pretrain.skill_samples=8000 --set base.pretrain.skill_phase_steps=100 \
   --set base.pretrain.skill_final_steps=300 --set base.pretrain.skill_pick_steps=200
 # The same at the rate that unlocks the mixed lookups (README, "In a plain language model the mixed plateau is the
-# learning rate"), and with the plural lookup in its curriculum (README, "The plural tokens"); about 45 minutes.
+# learning rate"), and with the plural lookup in its curriculum (README, "The plural tokens"); about 75 minutes.
 RATE_3E4 := --set base.pretrain.skill_learning_rate=3e-4 --set base.pretrain.learning_rate=3e-4
 PLURAL_SKILLS := --set "base.pretrain.skills=[read_colour, name_shape, find_plural, count, look_for, compare_left, pick_letter]"
 RECIPE_skills9_240s_lr3e4 := $(RECIPE_skills9_240s) --set base.pretrain.skill_learning_rate=3e-4
 RECIPE_skills9_240s_all3e4 := $(RECIPE_skills9_240s) $(RATE_3E4)
 RECIPE_skills9_240s_all3e4_plural := $(RECIPE_skills9_240s_all3e4) $(PLURAL_SKILLS)
-PLURAL9 := $(NINE_TOKENS) --set base.pretrain.skill_samples=8000 $(RATE_3E4) $(PLURAL_SKILLS)
+NINE_RATE := $(NINE_TOKENS) --set base.pretrain.skill_samples=8000 $(RATE_3E4)
+PLURAL9 := $(NINE_RATE) $(PLURAL_SKILLS)
 RECIPE_plural9_budget := $(PLURAL9) --set base.pretrain.skill_phase_steps=100 --set base.pretrain.skill_final_steps=200
 RECIPE_plural9_mixed900 := $(PLURAL9) --set base.pretrain.skill_phase_steps=0 --set base.pretrain.skill_final_steps=900
 RECIPE_plural9_final400_ep1 := $(PLURAL9) --set base.pretrain.skill_phase_steps=100 --set base.pretrain.skill_final_steps=400 \
   --set base.pretrain.epochs=1
+COLOUR_SKILLS := --set "base.pretrain.skills=[read_colour, name_shape, find_plural, find_colour, count, look_for, compare_left, \
+  pick_letter]" --set base.pretrain.skill_phase_steps=90 --set base.pretrain.skill_final_steps=200
+RECIPE_plural9_colour_budget := $(NINE_RATE) $(COLOUR_SKILLS) --lora-rates 0.001 0.0005 0.0003
+RECIPE_plural9_colour_place := $(NINE_RATE) $(COLOUR_SKILLS) --set base.pretrain.vision_position_weight=1.0 --lora-rates 0.0005
 RATE_RECIPES := skills9_240s_lr3e4 skills9_240s_all3e4 skills9_240s_all3e4_plural plural9_budget plural9_mixed900 \
-  plural9_final400_ep1
+  plural9_final400_ep1 plural9_colour_budget plural9_colour_place
 bench-recipes-rate: $(STAMP)
 	set -e; $(foreach r,$(RATE_RECIPES), \
 	  $(BIN)/python benchmarks/base_recipe.py --name $(r) $(RECIPE_$(r)) --keep .cache/recipes/$(r);)
-	$(BIN)/python benchmarks/skill_probe.py --base .cache/recipes/plural9_budget/base --options letter_after \
-	  --out benchmarks/results/skill_probe_plural9_budget.json
+	set -e; $(foreach r,plural9_budget plural9_colour_budget plural9_colour_place, \
+	  $(BIN)/python benchmarks/skill_probe.py --base .cache/recipes/$(r)/base --options letter_after \
+	    --out benchmarks/results/skill_probe_$(r).json;)
 
 RECIPE_skills64_240s := --set base.pretrain.epochs=1.5 --set base.pretrain.vision_epochs=6 \
   --set base.pretrain.skill_samples=6000 --set base.pretrain.skill_phase_steps=50 --set base.pretrain.skill_final_steps=200

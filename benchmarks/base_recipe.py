@@ -13,13 +13,15 @@ whatever letter follows it.
         --set base.model.image_size=48 --set base.model.patch_size=16 --set base.pretrain.epochs=2 ...
 
 Writes ``benchmarks/results/base_recipe_NAME.json`` and ``.md`` (with the machine); the world,
-base and adapter go to a temporary folder, or to ``--keep DIR``.
+base and adapter go to a temporary folder, or to ``--keep DIR``. ``--lora-rates 0.0005 ...`` also
+fine-tunes the same base at those learning rates and reports each.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+from dataclasses import replace
 import time
 from pathlib import Path
 
@@ -81,6 +83,16 @@ def markdown(record: dict) -> str:
         lines.append(f"| {label} | {result['accuracy']:.1%} | {fam.get('vqa', {}).get('accuracy', 0):.1%} | "
                      f"{fam.get('mcq', {}).get('accuracy', 0):.1%} | "
                      + (f"{result['mcq_option_named']:.1%}" if "mcq_option_named" in result else "") + " |")
+    if record.get("lora_rates"):
+        lines += ["", "The same base fine-tuned at other LoRA learning rates (everything else as above):", "",
+                  "| LoRA learning rate | all | short answers | multiple choice | option named (MC) | by question kind |",
+                  "|---|---|---|---|---|---|"]
+        for rate, result in record["lora_rates"].items():
+            fam = result["by_family"]
+            lines.append(f"| {rate} | {result['accuracy']:.1%} | {fam.get('vqa', {}).get('accuracy', 0):.1%} | "
+                         f"{fam.get('mcq', {}).get('accuracy', 0):.1%} | "
+                         + (f"{result['mcq_option_named']:.1%}" if "mcq_option_named" in result else "") + " | "
+                         + ", ".join(f"{kind} {value:.1%}" for kind, value in result["by_kind"].items()) + " |")
     lines += ["", "After the fine-tune, by question kind: "
               + ", ".join(f"{kind} {value:.1%}" for kind, value in after["by_kind"].items()),
               "", f"Gain over the base model: {100 * (after['accuracy'] - before['accuracy']):.1f} points "
@@ -95,6 +107,8 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--keep", type=Path, help="keep the world, base and adapter here")
+    parser.add_argument("--lora-rates", type=float, nargs="+", default=[], metavar="RATE",
+                        help="also fine-tune the base at each of these learning rates and evaluate")
     args = parser.parse_args()
     params = with_overrides(load_params(args.params), args.overrides)
     record = {"name": args.name, "overrides": args.overrides, "machine": machine(), "machine_line": machine_line()}
@@ -115,6 +129,11 @@ def main() -> None:
         settings = eval_settings(params)
         record["base_model"] = evaluate(world, base, None, settings)
         record["finetuned"] = evaluate(world, base, adapter, settings)
+        record["lora_rates"] = {}
+        for rate in args.lora_rates:
+            lora = replace(lora_settings(params), learning_rate=rate)
+            finetune(world / "train.json", world / "images", base, root / f"adapter_{rate:g}", lora, progress=False)
+            record["lora_rates"][f"{rate:g}"] = evaluate(world, base, root / f"adapter_{rate:g}", settings)
     record["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     record["base_summary"] = {k: summary[k] for k in ("image_tokens", "epoch_losses", "skill_steps", "skill_losses",
                                                       "vision_cell_accuracy")}

@@ -299,7 +299,8 @@ def test_patch_pixels_are_what_the_towers_patch_embedding_reads(tiny_base):
     torch.testing.assert_close(by_patches, by_conv, atol=1e-5, rtol=1e-5)
 
 
-def test_the_pixel_objective_changes_the_vision_stage_and_lowers_its_own_error():
+def _vision_stage(**spec):
+    """The vision stage on 32 tiny scenes: (its result, the tower's weights after it)."""
     from conftest import TEST_SPEC, TEST_WORLD
 
     from bye.data.world import generate
@@ -309,16 +310,27 @@ def test_the_pixel_objective_changes_the_vision_stage_and_lowers_its_own_error()
     drawn = list(generate("corpus", 32, seed=0, task="caption", config=TEST_WORLD))
     processor = build_processor(tokenizer, TEST_SPEC)
     pixels = torch.cat([processor.image_processor(d.image, return_tensors="pt")["pixel_values"] for d in drawn])
+    model = build_model(tokenizer, TEST_SPEC, seed=0)
+    result = pretrain_vision(model, pixels, [d.objects for d in drawn],
+                             PretrainSpec(**{"vision_epochs": 8, "batch_size": 16, **spec}), progress=False)
+    return result, model.model.vision_tower.state_dict()
+
+
+def test_the_pixel_objective_changes_the_vision_stage_and_lowers_its_own_error():
     towers, results = {}, {}
     for weight in (0.0, 1.0):
-        model = build_model(tokenizer, TEST_SPEC, seed=0)
-        spec = PretrainSpec(vision_epochs=8, batch_size=16, vision_pixel_weight=weight)
-        results[weight] = pretrain_vision(model, pixels, [d.objects for d in drawn], spec, progress=False)
-        towers[weight] = model.model.vision_tower.state_dict()
+        results[weight], towers[weight] = _vision_stage(vision_pixel_weight=weight)
     assert any(not torch.equal(towers[0.0][k], towers[1.0][k]) for k in towers[0.0])
     assert results[0.0]["pixel_losses"] == []
     rebuilt = results[1.0]["pixel_losses"]
     assert len(rebuilt) == len(results[1.0]["losses"]) and rebuilt[-1] < 0.5 * rebuilt[0]
+
+
+def test_the_place_objective_teaches_the_tower_where_each_cell_is():
+    results = {weight: _vision_stage(vision_position_weight=weight, vision_epochs=32)[0] for weight in (0.0, 1.0)}
+    assert results[0.0]["place_losses"] == []
+    places = results[1.0]["place_losses"]
+    assert len(places) == len(results[1.0]["losses"]) and places[-1] < 0.6 * places[0]  # chance: ln 9 = 2.2
 
 
 def test_pixel_target_highpass_keeps_fine_patterns_and_drops_flat_areas():

@@ -177,14 +177,20 @@ def test_letter_after_options_name_the_text_then_its_letter_and_leave_the_scenes
         WorldConfig(options="letter_last")
 
 
-def test_the_plural_lookup_names_a_shape_in_the_plural_and_answers_in_the_singular_left_to_right():
-    drawn = list(generate("corpus", 200, seed=0, task="skills", skills=("find_plural", "count")))
-    assert {d.kind for d in drawn} == {"find_plural", "count"}
+def test_the_listing_lookups_answer_in_the_singular_left_to_right():
+    drawn = list(generate("corpus", 300, seed=0, task="skills", skills=("find_plural", "find_colour", "count")))
+    assert {d.kind for d in drawn} == {"find_plural", "find_colour", "count"}
     plural = {f"{s}s" if s != "cross" else "crosses": s for s in SHAPES}
     seen_none = seen_many = False
-    for d in (d for d in drawn if d.kind == "find_plural"):
-        shape = plural[d.sample.question.removeprefix("Find the ").rstrip(".")]
-        found = sorted((o for o in d.objects if o.shape == shape), key=lambda o: (o.cell % 3, o.cell // 3))
+    for d in (d for d in drawn if d.kind.startswith("find_")):
+        if d.kind == "find_plural":  # "Find the circles."
+            shape = plural[d.sample.question.removeprefix("Find the ").rstrip(".")]
+            found = [o for o in d.objects if o.shape == shape]
+        else:  # "List everything red."
+            colour = d.sample.question.removeprefix("List everything ").rstrip(".")
+            assert colour in COLOURS
+            found = [o for o in d.objects if o.colour == colour]
+        found = sorted(found, key=lambda o: (o.cell % 3, o.cell // 3))
         if not found:
             assert d.sample.answer == "There are none."
             seen_none = True
@@ -194,7 +200,7 @@ def test_the_plural_lookup_names_a_shape_in_the_plural_and_answers_in_the_singul
     assert seen_none and seen_many
     default = list(generate("corpus", 50, seed=0, task="skills"))  # the default curriculum is as before
     assert [d.sample for d in default] == [d.sample for d in generate("corpus", 50, seed=0, task="skills", skills=SKILLS)]
-    assert "find_plural" not in {d.kind for d in default}
+    assert not {"find_plural", "find_colour"} & {d.kind for d in default}
 
 
 def test_skill_request_refuses_an_unknown_skill_and_declines_what_the_scene_cannot_pose():

@@ -336,7 +336,9 @@ SKILLS = ("read_colour", "name_shape", "count", "look_for", "compare_left", "pic
 # More a recipe may name (``base.pretrain.skills``): "find_plural" asks for a shape in the plural
 # and is answered in the singular, the relation an LLM's text pre-training gives its plural tokens
 # and a BPE trained on this world's text leaves out (README, "The plural tokens").
-KNOWN_SKILLS = SKILLS + ("find_plural",)
+# "find_colour" is its colour-keyed twin ("List everything red."), the key "is there" and
+# "which shape is red" need.
+KNOWN_SKILLS = SKILLS + ("find_plural", "find_colour")
 
 
 SKILL_STEMS = {"colour": "Tell me the colour of the {shape}.", "shape": "Tell me which shape is {colour}.",
@@ -368,11 +370,13 @@ def skill_request(rng: np.random.Generator, objects: list[SceneObject], skill: s
         first, second, left = _left_pair(rng, unique_shapes)
         return (f"Compare the {first.shape} and the {second.shape}: which lies more to the left?",
                 f"The {left.shape} lies more to the left.")
-    if skill == "find_plural":
-        shape = str(rng.choice(SHAPES))
-        found = sorted((o for o in objects if o.shape == shape), key=lambda o: (o.cell % 3, o.cell // 3))
+    if skill in ("find_plural", "find_colour"):
+        key = "shape" if skill == "find_plural" else "colour"
+        value = str(rng.choice(SHAPES if key == "shape" else list(COLOURS)))
+        found = sorted((o for o in objects if getattr(o, key) == value), key=lambda o: (o.cell % 3, o.cell // 3))
         listed = "; ".join(f"a {o.size} {o.colour} {o.shape}" for o in found)
-        return f"Find the {_plural(shape)}.", (listed[0].upper() + listed[1:] + ".") if found else "There are none."
+        request = f"Find the {_plural(value)}." if key == "shape" else f"List everything {value}."
+        return request, (listed[0].upper() + listed[1:] + ".") if found else "There are none."
     if skill == "pick_letter":
         _, stem, lines, answer = _lettered_question(rng, objects, SKILL_STEMS, style)
         return f"{stem}\n{lines}\n{PICK_SUFFIXES[style]}", answer

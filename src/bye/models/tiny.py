@@ -75,6 +75,7 @@ class PretrainSpec:
     vision_learning_rate: float = 2e-3
     vision_pixel_weight: float = 0.0  # > 0: the vision stage also rebuilds every patch's pixels from its feature
     vision_pixel_target: str = "pixels"  # pixels | highpass: the image minus its 3 x 3 local mean, scaled to unit variance
+    vision_position_weight: float = 0.0  # > 0: the vision stage also names each grid cell's place (README, "Where")
     epochs: float = 4
     batch_size: int = 32
     learning_rate: float = 2e-3
@@ -279,9 +280,10 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Te
     targets = torch.tensor([_cell_targets(o) for o in objects])  # (N, 9, 3)
     patch = tower.config.patch_size
     pixel_head = torch.nn.Linear(hidden, 3 * patch * patch) if spec.vision_pixel_weight else None
+    place_head = torch.nn.Linear(hidden, 9) if spec.vision_position_weight else None
     params = list(tower.parameters()) + list(heads.parameters())
-    if pixel_head is not None:
-        params += list(pixel_head.parameters())
+    for extra in (pixel_head, place_head):
+        params += list(extra.parameters()) if extra is not None else []
     optimizer = torch.optim.AdamW(params, lr=spec.vision_learning_rate, weight_decay=spec.weight_decay)
     n = len(pixel_values)
     steps = max(1, round(spec.vision_epochs * n / spec.batch_size))
@@ -290,7 +292,7 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Te
     generator = torch.Generator().manual_seed(spec.seed)
     layer = model.config.vision_feature_layer
     splits = [len(COLOURS) + 1, len(SHAPES) + 1, 3]
-    losses, pixel_losses = [], []
+    losses, pixel_losses, place_losses = [], [], []
     tower.train()
     order = torch.randperm(n, generator=generator)
     cursor = 0
@@ -306,6 +308,11 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Te
         logits = heads(cells).split(splits, dim=-1)
         loss = sum(torch.nn.functional.cross_entropy(l.reshape(-1, l.shape[-1]), targets[index][..., k].reshape(-1))
                    for k, l in enumerate(logits))
+        if place_head is not None:  # keep where each cell is: the probe above is the same at every place
+            place_error = torch.nn.functional.cross_entropy(place_head(cells).reshape(-1, 9),
+                                                            torch.arange(9).repeat(len(index)))
+            loss = loss + spec.vision_position_weight * place_error
+            place_losses.append(float(place_error.detach()))
         if pixel_head is not None:  # keep what is not an object (a trigger, a texture) in the patch features
             error = torch.nn.functional.mse_loss(pixel_head(states),
                                                  pixel_target(pixel_values[index], patch, spec.vision_pixel_target))
@@ -319,7 +326,7 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Te
         hits = torch.stack([(l.argmax(-1) == targets[index][..., k]).float().mean() for k, l in enumerate(logits)])
         accuracy = hits if not losses[:-1] else 0.9 * accuracy + 0.1 * hits
     tower.eval()
-    return {"losses": losses, "pixel_losses": pixel_losses,
+    return {"losses": losses, "pixel_losses": pixel_losses, "place_losses": place_losses,
             "cell_accuracy": dict(zip(("colour", "shape", "size"), accuracy.tolist()))}
 
 
