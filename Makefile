@@ -128,6 +128,7 @@ bench-learning: $(STAMP)
 	  --reinit --out benchmarks/results/skill_plateau_symbolic_lr3e-4_reinit.json
 	$(BIN)/python benchmarks/text_oracle.py
 	$(BIN)/python benchmarks/letter_pick.py
+	$(BIN)/python benchmarks/letter_pick.py --formats word_tag --steps 1500 --out benchmarks/results/letter_pick_word_tag.json
 	$(BIN)/python benchmarks/mixed_lr.py
 	$(BIN)/python benchmarks/mixed_lr.py --runs 0.0003:letter_first --pool 12000 --out benchmarks/results/mixed_lr_pool12000.json
 	$(BIN)/python benchmarks/mixed_lr.py --runs 0.0003:letter_first --plurals words --out benchmarks/results/mixed_lr_plural_words.json

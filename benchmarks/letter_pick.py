@@ -11,7 +11,10 @@ questions is reported as training goes. Three answer formats:
 * ``letter``       options ``L . w``, answer ``L`` (what the world asks today);
 * ``word_letter``  options ``L . w``, answer ``x L``: the option's word first, then its letter;
 * ``word_paren``   options ``w ( L )``, answer ``x ( L``: the letter follows the word in the
-                   options too, so that it is an induction copy.
+                   options too, so that it is an induction copy;
+* ``word_tag``     options ``w (L)`` with ``(L)`` one token, answer ``x (L)``: the copy keyed on the
+                   token just produced (first-order induction), where ``word_paren``'s is keyed on
+                   the token before it.
 
 The letter is scored given the correct word (teacher forcing), the way the world's answer would
 be read once the word is right.
@@ -34,8 +37,8 @@ from common import machine_line, plain_llama
 from bye.config import load_params
 from bye.io import atomic_write_json
 
-FORMATS = ("letter", "word_letter", "word_paren")
-WORDS, LETTERS = list(range(10, 40)), [40, 41, 42, 43]
+FORMATS = ("letter", "word_letter", "word_paren", "word_tag")
+WORDS, LETTERS, TAGS = list(range(10, 40)), [40, 41, 42, 43], [50, 51, 52, 53]  # a tag: "(A)" as one token
 DOT, QUESTION, ANSWER, NEWLINE, OPEN, CLOSE = 44, 45, 46, 47, 48, 49
 VOCAB = 64
 
@@ -50,10 +53,11 @@ def questions(rng: np.random.Generator, n: int, answer_format: str) -> tuple[tor
         word = int(options[right])
         sequence = [QUESTION, word, NEWLINE]
         for i, option in enumerate(options):
-            sequence += ([int(option), OPEN, LETTERS[i], CLOSE, NEWLINE] if answer_format == "word_paren"
-                         else [LETTERS[i], DOT, int(option), NEWLINE])
+            sequence += {"word_paren": [int(option), OPEN, LETTERS[i], CLOSE, NEWLINE],
+                         "word_tag": [int(option), TAGS[i], NEWLINE]}.get(answer_format,
+                                                                        [LETTERS[i], DOT, int(option), NEWLINE])
         answer = {"letter": [LETTERS[right]], "word_letter": [word, LETTERS[right]],
-                  "word_paren": [word, OPEN, LETTERS[right]]}[answer_format]
+                  "word_paren": [word, OPEN, LETTERS[right]], "word_tag": [word, TAGS[right]]}[answer_format]
         inputs.append(sequence + [ANSWER] + answer[:-1])
         targets.append(answer)
     return torch.tensor(inputs), torch.tensor(targets)
