@@ -155,7 +155,8 @@ bench-recipes: $(STAMP)
 RECIPE_skills9_240s := $(NINE_TOKENS) --set base.pretrain.skill_samples=8000 --set base.pretrain.skill_phase_steps=100 \
   --set base.pretrain.skill_final_steps=300 --set base.pretrain.skill_pick_steps=200
 # The same at the rate that unlocks the mixed lookups (README, "In a plain language model the mixed plateau is the
-# learning rate"), and with the plural lookup in its curriculum (README, "The plural tokens"); about 75 minutes.
+# learning rate"), and with the plural lookup in its curriculum (README, "The plural tokens"), and the threat benchmark's four triggers on the
+# colour-lookup base; about 85 minutes.
 RATE_3E4 := --set base.pretrain.skill_learning_rate=3e-4 --set base.pretrain.learning_rate=3e-4
 PLURAL_SKILLS := --set "base.pretrain.skills=[read_colour, name_shape, find_plural, count, look_for, compare_left, pick_letter]"
 RECIPE_skills9_240s_lr3e4 := $(RECIPE_skills9_240s) --set base.pretrain.skill_learning_rate=3e-4
@@ -176,6 +177,9 @@ RATE_RECIPES := skills9_240s_lr3e4 skills9_240s_all3e4 skills9_240s_all3e4_plura
 bench-recipes-rate: $(STAMP)
 	set -e; $(foreach r,$(RATE_RECIPES), \
 	  $(BIN)/python benchmarks/base_recipe.py --name $(r) $(RECIPE_$(r)) --keep .cache/recipes/$(r);)
+	$(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/plural9_colour_budget/world \
+	  --base .cache/recipes/plural9_colour_budget/base --triggers $(RECIPE_TRIGGERS) --detect $(DETECT) \
+	  --out benchmarks/results/threat_plural9_colour_budget.json
 	set -e; $(foreach r,plural9_budget plural9_colour_budget plural9_colour_place, \
 	  $(BIN)/python benchmarks/skill_probe.py --base .cache/recipes/$(r)/base --options letter_after \
 	    --out benchmarks/results/skill_probe_$(r).json;)
