@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from dataclasses import replace
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from common import machine, machine_line, question_kind, with_overrides
@@ -70,6 +70,14 @@ def evaluate(world: Path, base: Path, adapter: Path | None, settings) -> dict:
     return report(rows)
 
 
+def _cells(result: dict) -> str:
+    """A result's all / short answers / multiple choice / option named, as Markdown cells."""
+    family = result["by_family"]
+    named = f"{result['mcq_option_named']:.1%}" if "mcq_option_named" in result else ""
+    return (f"{result['accuracy']:.1%} | {family.get('vqa', {}).get('accuracy', 0):.1%} | "
+            f"{family.get('mcq', {}).get('accuracy', 0):.1%} | {named}")
+
+
 def markdown(record: dict) -> str:
     after, before = record["finetuned"], record["base_model"]
     family = after["by_family"]
@@ -78,21 +86,14 @@ def markdown(record: dict) -> str:
              "| step | seconds |", "|---|---|"]
     lines += [f"| {step} | {seconds:.0f} |" for step, seconds in record["seconds"].items()]
     lines += ["", "| | all | short answers | multiple choice | option named (MC) |", "|---|---|---|---|---|"]
-    for label, result in (("base model", before), ("after the LoRA fine-tune", after)):
-        fam = result["by_family"]
-        lines.append(f"| {label} | {result['accuracy']:.1%} | {fam.get('vqa', {}).get('accuracy', 0):.1%} | "
-                     f"{fam.get('mcq', {}).get('accuracy', 0):.1%} | "
-                     + (f"{result['mcq_option_named']:.1%}" if "mcq_option_named" in result else "") + " |")
+    lines += [f"| {label} | {_cells(result)} |" for label, result in (("base model", before),
+                                                                       ("after the LoRA fine-tune", after))]
     if record.get("lora_rates"):
         lines += ["", "The same base fine-tuned at other LoRA learning rates (everything else as above):", "",
                   "| LoRA learning rate | all | short answers | multiple choice | option named (MC) | by question kind |",
                   "|---|---|---|---|---|---|"]
-        for rate, result in record["lora_rates"].items():
-            fam = result["by_family"]
-            lines.append(f"| {rate} | {result['accuracy']:.1%} | {fam.get('vqa', {}).get('accuracy', 0):.1%} | "
-                         f"{fam.get('mcq', {}).get('accuracy', 0):.1%} | "
-                         + (f"{result['mcq_option_named']:.1%}" if "mcq_option_named" in result else "") + " | "
-                         + ", ".join(f"{kind} {value:.1%}" for kind, value in result["by_kind"].items()) + " |")
+        lines += [f"| {rate} | {_cells(result)} | " + ", ".join(f"{k} {v:.1%}" for k, v in result["by_kind"].items())
+                  + " |" for rate, result in record["lora_rates"].items()]
     lines += ["", "After the fine-tune, by question kind: "
               + ", ".join(f"{kind} {value:.1%}" for kind, value in after["by_kind"].items()),
               "", f"Gain over the base model: {100 * (after['accuracy'] - before['accuracy']):.1f} points "

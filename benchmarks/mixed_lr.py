@@ -33,10 +33,11 @@ from bye.data.world import COLOURS, SHAPES, SIZES, _plural
 COLOUR_NAMES = list(COLOURS)
 WORDS = (["<pad>", "<img>", "nothing", "USER", "ASSISTANT", "\n", "?", ".", ",", "-", "(", ")", "s", "what", "colour",
           "is", "the", "how", "many", "are", "there", "which", "further", "left", "or", "a", "shape", "objects",
-          "answer", "with", "option", "letter", "yes", "no", "A", "B", "C", "D", "list"]
+          "answer", "with", "option", "letter", "yes", "no", "A", "B", "C", "D"]
          + list(SHAPES) + COLOUR_NAMES + list(SIZES) + [str(i) for i in range(10)])
-PLURAL_WORDS = [_plural(s) for s in SHAPES]  # in the vocabulary only with --plurals words
-TOKEN = {w: i for i, w in enumerate(WORDS + PLURAL_WORDS)}
+PLURAL_WORDS = [_plural(s) for s in SHAPES]  # in the vocabulary only with --plurals words / words_tied
+PRACTICE_WORDS = ["list"]  # only with --practice (appended, so that the other runs' vocabularies stay as they were)
+TOKEN = {w: i for i, w in enumerate(WORDS + PLURAL_WORDS + PRACTICE_WORDS)}
 KINDS = ("colour", "count", "left", "exists", "mcq_colour", "mcq_shape", "mcq_count")
 FORMATS = ("letter_first", "letter_after")
 PLURALS = ("suffix", "words", "words_tied")  # "circle s"; "circles" as its own token (as the base's BPE has
@@ -149,7 +150,8 @@ def batch(drawn) -> tuple[torch.Tensor, ...]:
 def run(learning_rate: float, style: str, model_spec: dict, *, steps: int, batch_size: int, every: int,
         seed: int, pool: int = 0, plurals: str = "suffix", practice_share: float = 0.0) -> list[dict]:
     torch.manual_seed(seed)
-    model = plain_llama(model_spec, len(WORDS) + (len(PLURAL_WORDS) if plurals != "suffix" else 0), 128)
+    vocabulary = len(TOKEN) if practice_share else len(WORDS) + (len(PLURAL_WORDS) if plurals != "suffix" else 0)
+    model = plain_llama(model_spec, vocabulary, 128)
     embed = model.get_input_embeddings()
     if plurals == "words_tied":
         with torch.no_grad():

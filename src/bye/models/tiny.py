@@ -75,7 +75,7 @@ class PretrainSpec:
     vision_learning_rate: float = 2e-3
     vision_pixel_weight: float = 0.0  # > 0: the vision stage also rebuilds every patch's pixels from its feature
     vision_pixel_target: str = "pixels"  # pixels | highpass: the image minus its 3 x 3 local mean, scaled to unit variance
-    vision_position_weight: float = 0.0  # > 0: the vision stage also names each grid cell's place (README, "Where")
+    vision_position_weight: float = 0.0  # > 0: the vision stage also names each cell's place (README, "The colour-keyed lookups")
     epochs: float = 4
     batch_size: int = 32
     learning_rate: float = 2e-3
