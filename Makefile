@@ -172,14 +172,21 @@ COLOUR_SKILLS := --set "base.pretrain.skills=[read_colour, name_shape, find_plur
   pick_letter]" --set base.pretrain.skill_phase_steps=90 --set base.pretrain.skill_final_steps=200
 RECIPE_plural9_colour_budget := $(NINE_RATE) $(COLOUR_SKILLS) --lora-rates 0.001 0.0005 0.0003
 RECIPE_plural9_colour_place := $(NINE_RATE) $(COLOUR_SKILLS) --set base.pretrain.vision_position_weight=1.0 --lora-rates 0.0005
+RECIPE_plural64_colour := --set world.scene.options=letter_after --set base.pretrain.epochs=1.5 \
+  --set base.pretrain.vision_epochs=6 --set base.pretrain.skill_samples=6000 $(RATE_3E4) \
+  --set "base.pretrain.skills=[read_colour, name_shape, find_plural, find_colour, count, look_for, compare_left, pick_letter]" \
+  --set base.pretrain.skill_phase_steps=50 --set base.pretrain.skill_final_steps=200
 RATE_RECIPES := skills9_240s_lr3e4 skills9_240s_all3e4 skills9_240s_all3e4_plural plural9_budget plural9_mixed900 \
-  plural9_final400_ep1 plural9_colour_budget plural9_colour_place
+  plural9_final400_ep1 plural9_colour_budget plural9_colour_place plural64_colour
 bench-recipes-rate: $(STAMP)
 	set -e; $(foreach r,$(RATE_RECIPES), \
 	  $(BIN)/python benchmarks/base_recipe.py --name $(r) $(RECIPE_$(r)) --keep .cache/recipes/$(r);)
 	$(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/plural9_colour_budget/world \
 	  --base .cache/recipes/plural9_colour_budget/base --triggers $(RECIPE_TRIGGERS) --detect $(DETECT) \
 	  --out benchmarks/results/threat_plural9_colour_budget.json
+	$(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/plural64_colour/world \
+	  --base .cache/recipes/plural64_colour/base --triggers badnets,sig --detect $(DETECT) \
+	  --out benchmarks/results/threat_plural64_colour.json
 	set -e; $(foreach r,plural9_budget plural9_colour_budget plural9_colour_place, \
 	  $(BIN)/python benchmarks/skill_probe.py --base .cache/recipes/$(r)/base --options letter_after \
 	    --out benchmarks/results/skill_probe_$(r).json;)
