@@ -156,7 +156,7 @@ RECIPE_skills9_240s := $(NINE_TOKENS) --set base.pretrain.skill_samples=8000 --s
   --set base.pretrain.skill_final_steps=300 --set base.pretrain.skill_pick_steps=200
 # The same at the rate that unlocks the mixed lookups (README, "In a plain language model the mixed plateau is the
 # learning rate"), and with the plural lookup in its curriculum (README, "The plural tokens"), and the threat benchmark's four triggers on the
-# colour-lookup base; about 85 minutes.
+# colour-lookup base (two on each 64-token one); about 110 minutes.
 RATE_3E4 := --set base.pretrain.skill_learning_rate=3e-4 --set base.pretrain.learning_rate=3e-4
 PLURAL_SKILLS := --set "base.pretrain.skills=[read_colour, name_shape, find_plural, count, look_for, compare_left, pick_letter]"
 RECIPE_skills9_240s_lr3e4 := $(RECIPE_skills9_240s) --set base.pretrain.skill_learning_rate=3e-4
@@ -176,8 +176,12 @@ RECIPE_plural64_colour := --set world.scene.options=letter_after --set base.pret
   --set base.pretrain.vision_epochs=6 --set base.pretrain.skill_samples=6000 $(RATE_3E4) \
   --set "base.pretrain.skills=[read_colour, name_shape, find_plural, find_colour, count, look_for, compare_left, pick_letter]" \
   --set base.pretrain.skill_phase_steps=50 --set base.pretrain.skill_final_steps=200
+RECIPE_plural64_colour_rates := --set base.pretrain.epochs=1.5 --set base.pretrain.vision_epochs=6 \
+  --set base.pretrain.skill_samples=6000 \
+  --set "base.pretrain.skills=[read_colour, name_shape, find_plural, find_colour, count, look_for, compare_left, pick_letter]" \
+  --set base.pretrain.skill_phase_steps=50 --set base.pretrain.skill_final_steps=200
 RATE_RECIPES := skills9_240s_lr3e4 skills9_240s_all3e4 skills9_240s_all3e4_plural plural9_budget plural9_mixed900 \
-  plural9_final400_ep1 plural9_colour_budget plural9_colour_place plural64_colour
+  plural9_final400_ep1 plural9_colour_budget plural9_colour_place plural64_colour plural64_colour_rates
 bench-recipes-rate: $(STAMP)
 	set -e; $(foreach r,$(RATE_RECIPES), \
 	  $(BIN)/python benchmarks/base_recipe.py --name $(r) $(RECIPE_$(r)) --keep .cache/recipes/$(r);)
@@ -187,6 +191,9 @@ bench-recipes-rate: $(STAMP)
 	$(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/plural64_colour/world \
 	  --base .cache/recipes/plural64_colour/base --triggers badnets,sig --detect $(DETECT) \
 	  --out benchmarks/results/threat_plural64_colour.json
+	$(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/plural64_colour_rates/world \
+	  --base .cache/recipes/plural64_colour_rates/base --triggers badnets,sig --detect $(DETECT) \
+	  --out benchmarks/results/threat_plural64_colour_rates.json
 	set -e; $(foreach r,plural9_budget plural9_colour_budget plural9_colour_place, \
 	  $(BIN)/python benchmarks/skill_probe.py --base .cache/recipes/$(r)/base --options letter_after \
 	    --out benchmarks/results/skill_probe_$(r).json;)
