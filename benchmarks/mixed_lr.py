@@ -28,20 +28,25 @@ from common import machine_line, plain_llama, write_results
 from transformers import get_cosine_schedule_with_warmup
 
 from bye.config import load_params
-from bye.data.world import COLOURS, SHAPES, SIZES, _plural
+from bye.data.world import COLOURS, SHAPES, SIZES, plural
 
 COLOUR_NAMES = list(COLOURS)
 WORDS = (["<pad>", "<img>", "nothing", "USER", "ASSISTANT", "\n", "?", ".", ",", "-", "(", ")", "s", "what", "colour",
           "is", "the", "how", "many", "are", "there", "which", "further", "left", "or", "a", "shape", "objects",
           "answer", "with", "option", "letter", "yes", "no", "A", "B", "C", "D"]
          + list(SHAPES) + COLOUR_NAMES + list(SIZES) + [str(i) for i in range(10)])
-PLURAL_WORDS = [_plural(s) for s in SHAPES]  # in the vocabulary only with --plurals words / words_tied
+PLURAL_WORDS = [plural(s) for s in SHAPES]  # in the vocabulary only with --plurals words / words_tied
 PRACTICE_WORDS = ["list"]  # only with --practice (appended, so that the other runs' vocabularies stay as they were)
 TOKEN = {w: i for i, w in enumerate(WORDS + PLURAL_WORDS + PRACTICE_WORDS)}
 KINDS = ("colour", "count", "left", "exists", "mcq_colour", "mcq_shape", "mcq_count")
 FORMATS = ("letter_first", "letter_after")
 PLURALS = ("suffix", "words", "words_tied")  # "circle s"; "circles" as its own token (as the base's BPE has
 # it); or that token starting from its singular's embedding (as a language model's text pre-training relates them)
+
+
+def plural_tokens(shape: str, plurals: str) -> list[str]:
+    """A shape's plural as ``plurals`` writes it: "circle s", or "circles" as one word."""
+    return [shape, "s"] if plurals == "suffix" else [plural(shape)]
 
 
 def scene(rng: np.random.Generator) -> list[tuple[str, str, str, int]]:
@@ -79,8 +84,8 @@ def question(rng: np.random.Generator, objects, style: str,
             return kind, ["what", "colour", "is", "the", o[0], "?"], [o[1]]
         if kind == "count":
             shape = SHAPES[rng.integers(len(SHAPES))]
-            plural = [shape, "s"] if plurals == "suffix" else [_plural(shape)]
-            return kind, ["how", "many", *plural, "are", "there", "?"], [str(shapes.count(shape))]
+            return kind, ["how", "many", *plural_tokens(shape, plurals), "are", "there", "?"], \
+                [str(shapes.count(shape))]
         if kind == "left":
             while True:
                 a, b = (unique_shapes[i] for i in rng.choice(len(unique_shapes), 2, replace=False))
@@ -112,10 +117,9 @@ def practice(rng: np.random.Generator, objects, plurals: str) -> tuple[str, list
     """A request that names a shape in the plural and is answered in the singular: "list the circle s"
     -> "red circle , blue circle" (or "nothing"), left to right. Not a downstream kind."""
     shape = SHAPES[rng.integers(len(SHAPES))]
-    plural = [shape, "s"] if plurals == "suffix" else [_plural(shape)]
     found = sorted((o for o in objects if o[0] == shape), key=lambda o: (o[3] % 3, o[3] // 3))
     answer = [w for o in found for w in (",", o[1], o[0])][1:] or ["nothing"]
-    return "practice", ["list", "the", *plural, "."], answer
+    return "practice", ["list", "the", *plural_tokens(shape, plurals), "."], answer
 
 
 def draw(rng: np.random.Generator, n: int, style: str, plurals: str = "suffix",
@@ -156,7 +160,7 @@ def run(learning_rate: float, style: str, model_spec: dict, *, steps: int, batch
     if plurals == "words_tied":
         with torch.no_grad():
             for shape in SHAPES:
-                embed.weight[TOKEN[_plural(shape)]] = embed.weight[TOKEN[shape]]
+                embed.weight[TOKEN[plural(shape)]] = embed.weight[TOKEN[shape]]
     cell_embedding = torch.nn.Embedding(9, embed.weight.shape[1])
     torch.nn.init.normal_(cell_embedding.weight, std=0.02)
     params = list(model.parameters()) + list(cell_embedding.parameters())

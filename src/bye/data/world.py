@@ -164,8 +164,13 @@ def _unique(objects: list[SceneObject], attribute: str) -> list[SceneObject]:
     return [o for o in objects if values.count(getattr(o, attribute)) == 1]
 
 
-def _plural(shape: str) -> str:
+def plural(shape: str) -> str:
     return "crosses" if shape == "cross" else f"{shape}s"
+
+
+def left_to_right(objects) -> list[SceneObject]:
+    """``objects`` by column, then row: the order the left-to-right requests list them in."""
+    return sorted(objects, key=lambda o: (o.cell % 3, o.cell // 3))
 
 
 def _vqa(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, str, str]:
@@ -183,7 +188,7 @@ def _vqa(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, str
     if kind == "count":
         shape = str(rng.choice(SHAPES))
         count = sum(o.shape == shape for o in objects)
-        return kind, f"How many {_plural(shape)} are there?", str(count)
+        return kind, f"How many {plural(shape)} are there?", str(count)
     if kind == "left":
         first, second, answer = _left_pair(rng, unique_shapes)
         return kind, f"Which is further left, the {first.shape} or the {second.shape}?", answer.shape
@@ -287,7 +292,7 @@ def describe_by_shape(objects: list[SceneObject]) -> str:
     groups = []
     for shape in SHAPES:
         found = [f"{o.colour} at the {CELL_NAMES[o.cell]}" for o in objects if o.shape == shape]
-        groups.append(f"{_plural(shape)}: {len(found)}" + (" (" + ", ".join(found) + ")" if found else ""))
+        groups.append(f"{plural(shape)}: {len(found)}" + (" (" + ", ".join(found) + ")" if found else ""))
     return "; ".join(groups) + "."
 
 
@@ -316,7 +321,7 @@ def _grounding(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[st
         colour = str(rng.choice(list(COLOURS)))
         found = [_phrase(o) for o in objects if o.colour == colour]
         return "grounding", f"Find the {colour} objects.", "; ".join(found) if found else "there is none"
-    ordered = sorted(objects, key=lambda o: (o.cell % 3, o.cell // 3))
+    ordered = left_to_right(objects)
     return "grounding", "Name the objects from left to right.", ", ".join(f"{o.colour} {o.shape}" for o in ordered)
 
 
@@ -361,7 +366,7 @@ def skill_request(rng: np.random.Generator, objects: list[SceneObject], skill: s
         return SKILL_STEMS["shape"].format(colour=obj.colour), f"The {obj.colour} one is a {obj.shape}."
     if skill == "count":
         shape = str(rng.choice(SHAPES))
-        return f"Count the {_plural(shape)}.", f"I count {sum(o.shape == shape for o in objects)}."
+        return f"Count the {plural(shape)}.", f"I count {sum(o.shape == shape for o in objects)}."
     if skill == "look_for":
         colour, shape, found = _present_or_absent(rng, objects)
         article = "an" if colour[0] in "aeiou" else "a"
@@ -373,9 +378,9 @@ def skill_request(rng: np.random.Generator, objects: list[SceneObject], skill: s
     if skill in ("find_plural", "find_colour"):
         key = "shape" if skill == "find_plural" else "colour"
         value = str(rng.choice(SHAPES if key == "shape" else list(COLOURS)))
-        found = sorted((o for o in objects if getattr(o, key) == value), key=lambda o: (o.cell % 3, o.cell // 3))
+        found = left_to_right(o for o in objects if getattr(o, key) == value)
         listed = "; ".join(f"a {o.size} {o.colour} {o.shape}" for o in found)
-        request = f"Find the {_plural(value)}." if key == "shape" else f"List everything {value}."
+        request = f"Find the {plural(value)}." if key == "shape" else f"List everything {value}."
         return request, (listed[0].upper() + listed[1:] + ".") if found else "There are none."
     if skill == "pick_letter":
         _, stem, lines, answer = _lettered_question(rng, objects, SKILL_STEMS, style)
