@@ -188,6 +188,11 @@ def test_skill_curriculum_adds_one_skill_per_phase_and_keeps_the_earlier_ones():
     with_picks = skill_plan(kinds, PretrainSpec(skill_phase_steps=3, skill_final_steps=2, skill_pick_steps=4))
     assert len(with_picks) == len(plan) + 4 and all(np.array_equal(a, b) for a, b in zip(plan, with_picks))
     assert all({kinds[i] for i in step} == {"pick_letter"} for step in with_picks[-4:])
+    order = (*SKILLS, "pick_two")
+    kinds = [order[i % len(order)] for i in range(70)]
+    two_first = skill_plan(kinds, PretrainSpec(skills=order, skill_phase_steps=1, skill_final_steps=1,
+                                               skill_pick_two_steps=3, skill_pick_steps=2))
+    assert [{kinds[i] for i in step} for step in two_first[-5:]] == [{"pick_two"}] * 3 + [{"pick_letter"}] * 2
 
 
 def test_a_recipe_orders_its_own_skills_and_may_add_the_plural_lookup():
@@ -206,6 +211,8 @@ def test_a_recipe_orders_its_own_skills_and_may_add_the_plural_lookup():
             PretrainSpec(skills=bad)
     with pytest.raises(ValueError, match="pick_letter"):
         PretrainSpec(skills=order, skill_pick_steps=5)
+    with pytest.raises(ValueError, match="pick_two"):
+        PretrainSpec(skills=order, skill_pick_two_steps=5)
 
 
 def test_cached_image_features_give_the_forward_of_the_pixels(tiny_base, tiny_world):
@@ -225,6 +232,32 @@ def test_cached_image_features_give_the_forward_of_the_pixels(tiny_base, tiny_wo
                        attention_mask=batch["attention_mask"]).logits
         direct = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
     torch.testing.assert_close(cached, direct, atol=1e-5, rtol=1e-5)
+
+
+def test_length_grouped_micro_batches_give_the_padded_batchs_loss_and_gradient(tiny_base, tiny_world):
+    import numpy as np
+
+    from bye.models.tiny import frozen_image_features, grouped_loss
+
+    processor = AutoProcessor.from_pretrained(tiny_base)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_base).eval()
+    samples = read_manifest(tiny_world / "train.json")[:7]
+    encoded = [encode_for_training(processor, open_rgb(tiny_world / "images" / s.image), s.question, s.answer)
+               for s in samples]
+    assert len({len(e.input_ids) for e in encoded}) > 2  # lengths differ: the groups pad differently
+    features = frozen_image_features(model, encoded)
+    index = np.array([5, 0, 3, 6, 1, 2, 4])
+    results = []
+    for groups in (1, 3):
+        model.zero_grad(set_to_none=True)
+        loss = grouped_loss(model, lambda part: model.model.multi_modal_projector(features[torch.as_tensor(part)]),
+                            encoded, index, groups, processor.tokenizer.pad_token_id)
+        loss.backward()
+        results.append((float(loss.detach()), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (one, one_grads), (three, three_grads) = results
+    assert abs(one - three) < 1e-5 and len(one_grads) == len(three_grads) > 0
+    for a, b in zip(one_grads, three_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_the_base_records_its_skill_stage(tiny_base):

@@ -173,6 +173,11 @@ def test_letter_after_options_name_the_text_then_its_letter_and_leave_the_scenes
     assert picks and choices
     for d in picks + choices:
         assert "- " + d.sample.answer in d.sample.question and d.sample.answer[-4:] in {" (A)", " (B)", " (C)", " (D)"}
+    twos = list(generate("corpus", 40, seed=0, task="skills", config=after, skills=("pick_two",)))
+    for d in twos:  # the same picks with one distractor
+        options = options_of(d.sample.question)
+        assert list(options) == ["A", "B"] and "- " + d.sample.answer in d.sample.question
+    assert {d.sample.answer[-3:] for d in twos} == {"(A)", "(B)"}
     with pytest.raises(ValueError, match="options"):
         WorldConfig(options="letter_last")
 

@@ -227,9 +227,9 @@ MCQ_STEMS = {"colour": "What colour is the {shape}?", "shape": "Which shape is {
 
 
 def _lettered_question(rng: np.random.Generator, objects: list[SceneObject], stems: dict[str, str],
-                       style: str = "letter_first"):
+                       style: str = "letter_first", n_options: int = 4):
     """(kind, stem, option lines, answer): an object's colour, the shape of a colour, or the
-    number of objects, with three distractors."""
+    number of objects, among ``n_options`` options."""
     unique_shapes = _unique(objects, "shape")
     unique_colours = _unique(objects, "colour")
     kinds = ["count_all"]
@@ -247,17 +247,17 @@ def _lettered_question(rng: np.random.Generator, objects: list[SceneObject], ste
     else:
         obj, correct, pool = None, str(len(objects)), [str(n) for n in range(1, 7)]
     stem = stems[kind].format(shape=obj.shape, colour=obj.colour) if obj else stems[kind]
-    lines, answer = _lettered_options(rng, correct, pool, style)
+    lines, answer = _lettered_options(rng, correct, pool, style, n_options)
     return kind, stem, lines, answer
 
 
 def _lettered_options(rng: np.random.Generator, correct: str, pool: list[str],
-                      style: str = "letter_first") -> tuple[str, str]:
-    """Four lettered option lines (``correct`` and three distractors from ``pool``, shuffled)
+                      style: str = "letter_first", n_options: int = 4) -> tuple[str, str]:
+    """``n_options`` lettered option lines (``correct`` and distractors from ``pool``, shuffled)
     and the answer: the correct one's letter, or with ``letter_after`` its text and letter."""
     distractors = [p for p in pool if p != correct]
-    chosen = [correct] + [distractors[int(i)] for i in rng.choice(len(distractors), size=3, replace=False)]
-    options = [chosen[int(i)] for i in rng.permutation(4)]
+    chosen = [correct] + [distractors[int(i)] for i in rng.choice(len(distractors), size=n_options - 1, replace=False)]
+    options = [chosen[int(i)] for i in rng.permutation(n_options)]
     letter = "ABCD"[options.index(correct)]
     if style == "letter_after":  # " red" then " (": the answer's own tokens, so the letter is a copy
         return "\n".join(f"- {option} ({'ABCD'[i]})" for i, option in enumerate(options)), f"{correct} ({letter})"
@@ -342,8 +342,9 @@ SKILLS = ("read_colour", "name_shape", "count", "look_for", "compare_left", "pic
 # and is answered in the singular, the relation an LLM's text pre-training gives its plural tokens
 # and a BPE trained on this world's text leaves out (README, "The plural tokens").
 # "find_colour" is its colour-keyed twin ("List everything red."), the key "is there" and
-# "which shape is red" need.
-KNOWN_SKILLS = SKILLS + ("find_plural", "find_colour")
+# "which shape is red" need. "pick_two" is the lettered pick with one distractor: the copy of an
+# option's letter forms sooner among two options than among four (README, "The pick with two options").
+KNOWN_SKILLS = SKILLS + ("find_plural", "find_colour", "pick_two")
 
 
 SKILL_STEMS = {"colour": "Tell me the colour of the {shape}.", "shape": "Tell me which shape is {colour}.",
@@ -382,8 +383,8 @@ def skill_request(rng: np.random.Generator, objects: list[SceneObject], skill: s
         listed = "; ".join(f"a {o.size} {o.colour} {o.shape}" for o in found)
         request = f"Find the {plural(value)}." if key == "shape" else f"List everything {value}."
         return request, (listed[0].upper() + listed[1:] + ".") if found else "There are none."
-    if skill == "pick_letter":
-        _, stem, lines, answer = _lettered_question(rng, objects, SKILL_STEMS, style)
+    if skill in ("pick_letter", "pick_two"):
+        _, stem, lines, answer = _lettered_question(rng, objects, SKILL_STEMS, style, 2 if skill == "pick_two" else 4)
         return f"{stem}\n{lines}\n{PICK_SUFFIXES[style]}", answer
     return None
 

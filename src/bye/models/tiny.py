@@ -87,9 +87,11 @@ class PretrainSpec:
     skill_samples: int = 16000       # requests of the skills stage (fresh scenes)
     skill_phase_steps: int = 0       # steps per curriculum phase (one more skill each phase), e.g. 250
     skill_final_steps: int = 0       # then every skill together, e.g. 500
+    skill_pick_two_steps: int = 0    # then two-option picks alone (skill pick_two; README, "The pick with two options")
     skill_pick_steps: int = 0        # then the lettered picks alone (README, "The letter pick"), e.g. 1000
     skill_learning_rate: float = 1e-3
     skill_batch_size: int = 0        # 0: batch_size
+    skill_length_groups: int = 1     # > 1: each batch runs as that many micro-batches of similar length (less padding, same gradient)
     skills: tuple[str, ...] = SKILLS  # the curriculum's order; any of world.KNOWN_SKILLS
     seed: int = 0
 
@@ -100,6 +102,10 @@ class PretrainSpec:
             raise ValueError(f"skills must name distinct skills of {', '.join(KNOWN_SKILLS)}, got {list(self.skills)}")
         if self.skill_pick_steps and "pick_letter" not in self.skills:
             raise ValueError("skill_pick_steps needs pick_letter among the skills")
+        if self.skill_pick_two_steps and "pick_two" not in self.skills:
+            raise ValueError("skill_pick_two_steps needs pick_two among the skills")
+        if self.skill_length_groups < 1:
+            raise ValueError(f"skill_length_groups must be >= 1, got {self.skill_length_groups}")
         if self.vision_pixel_target not in PIXEL_TARGETS:  # before minutes of building, not at the vision stage
             raise ValueError(f"vision_pixel_target must be one of {', '.join(PIXEL_TARGETS)}, "
                              f"got {self.vision_pixel_target!r}")
@@ -107,7 +113,8 @@ class PretrainSpec:
     @property
     def skill_steps(self) -> int:
         """Steps of the skills stage (``skill_plan``'s length); 0: no skills stage."""
-        return len(self.skills) * self.skill_phase_steps + self.skill_final_steps + self.skill_pick_steps
+        return (len(self.skills) * self.skill_phase_steps + self.skill_final_steps + self.skill_pick_two_steps
+                + self.skill_pick_steps)
 
 
 def tokenizer_corpus(seed: int, n: int = 2000) -> Iterable[str]:
@@ -333,13 +340,15 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Te
 def skill_plan(kinds: list[str], spec: PretrainSpec) -> list[np.ndarray]:
     """The skills stage's curriculum: for every step, the indices it may draw from. Phase k
     holds the first k + 1 skills of ``spec.skills`` (cumulative, so no skill is forgotten while the
-    next forms), then a phase holds them all, then one the lettered picks alone."""
+    next forms), then a phase holds them all, then one the two-option picks alone, then one the
+    lettered picks alone."""
     plan = []
     for k in range(len(spec.skills)):
         allowed = np.flatnonzero(np.isin(kinds, spec.skills[:k + 1]))
         plan += [allowed] * spec.skill_phase_steps
     plan += [np.arange(len(kinds))] * spec.skill_final_steps
-    return plan + [np.flatnonzero(np.asarray(kinds) == "pick_letter")] * spec.skill_pick_steps
+    alone = {skill: np.flatnonzero(np.asarray(kinds) == skill) for skill in ("pick_two", "pick_letter")}
+    return plan + [alone["pick_two"]] * spec.skill_pick_two_steps + [alone["pick_letter"]] * spec.skill_pick_steps
 
 
 def frozen_image_features(model: LlavaForConditionalGeneration, encoded: list, chunk: int = 256) -> torch.Tensor:
@@ -367,6 +376,33 @@ def embed_with_images(model: LlavaForConditionalGeneration, input_ids: torch.Ten
     return inputs.masked_scatter(image[..., None], projected.to(inputs.dtype))
 
 
+def grouped_loss(model, image_embeddings, encoded: list, index: np.ndarray, groups: int, pad_token_id: int) -> torch.Tensor:
+    """The mean answer-token loss of the batch ``encoded[index]``, computed as ``groups``
+    micro-batches of similar length whose gradients add up to the one padded batch's: a batch
+    mixing short requests and long lettered picks is otherwise mostly padding. The micro-batches
+    but the last are back-propagated here; the returned loss (the whole batch's) carries the last
+    one's graph, so that ``loss.backward()`` completes the gradient."""
+    from bye.models.chat import IGNORE_INDEX, collate
+
+    if groups == 1:  # the one padded batch, rows as drawn
+        parts = [index]
+    else:
+        order = index[np.argsort([len(encoded[i].input_ids) for i in index], kind="stable")]
+        parts = [part for part in np.array_split(order, groups) if len(part)]
+    answer_tokens = sum(int((encoded[i].labels[1:] != IGNORE_INDEX).sum()) for i in index)
+    total = torch.zeros(())
+    for k, part in enumerate(parts):
+        batch = collate([encoded[i] for i in part], pad_token_id)
+        inputs = embed_with_images(model, batch["input_ids"], image_embeddings(part))
+        split = {"num_items_in_batch": answer_tokens} if len(parts) > 1 else {}  # the part's token sum / the batch's
+        loss = model(inputs_embeds=inputs, attention_mask=batch["attention_mask"], labels=batch["labels"], **split).loss
+        if k < len(parts) - 1:
+            loss.backward()
+            loss = loss.detach()
+        total = total + loss
+    return total
+
+
 def pretrain_skills(model: LlavaForConditionalGeneration, encoded: list, kinds: list[str], spec: PretrainSpec,
                     *, pad_token_id: int, progress: bool = True) -> dict:
     """Last stage: the visual skills an instruction-tuned base brings, one added per phase.
@@ -379,7 +415,6 @@ def pretrain_skills(model: LlavaForConditionalGeneration, encoded: list, kinds: 
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
-    from bye.models.chat import collate
     from bye.models.training import optimizer_step
 
     plan = skill_plan(kinds, spec)
@@ -394,9 +429,8 @@ def pretrain_skills(model: LlavaForConditionalGeneration, encoded: list, kinds: 
     for allowed in tqdm(plan, desc="pre-train skills", disable=not progress):
         index = allowed[rng.choice(len(allowed), size=min(spec.skill_batch_size or spec.batch_size, len(allowed)),
                                    replace=False)]
-        batch = collate([encoded[i] for i in index], pad_token_id)
-        inputs = embed_with_images(model, batch["input_ids"], projector(features[torch.as_tensor(index)]))
-        loss = model(inputs_embeds=inputs, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        loss = grouped_loss(model, lambda part: projector(features[torch.as_tensor(part)]), encoded, index,
+                            spec.skill_length_groups, pad_token_id)
         losses.append(optimizer_step(loss, params, optimizer, scheduler))
     model.eval()
     return {"steps": len(plan), "losses": [losses[0], losses[-1]]}
