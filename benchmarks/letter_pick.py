@@ -17,7 +17,8 @@ questions is reported as training goes. Three answer formats:
                    the token before it.
 
 The letter is scored given the correct word (teacher forcing), the way the world's answer would
-be read once the word is right.
+be read once the word is right. ``--two-option-steps N`` trains the first N steps on questions with
+two options (letters A and B; one distractor), a curriculum; the held-out questions keep four.
 
     python benchmarks/letter_pick.py [--formats letter word_letter word_paren] [--steps 3000]
 
@@ -43,13 +44,14 @@ DOT, QUESTION, ANSWER, NEWLINE, OPEN, CLOSE = 44, 45, 46, 47, 48, 49
 VOCAB = 64
 
 
-def questions(rng: np.random.Generator, n: int, answer_format: str) -> tuple[torch.Tensor, torch.Tensor]:
+def questions(rng: np.random.Generator, n: int, answer_format: str,
+              n_options: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """``(inputs, targets)``: ``inputs`` the question, options and answer prefix (teacher-forced),
     ``targets`` the answer tokens, the letter last."""
     inputs, targets = [], []
     for _ in range(n):
-        options = rng.choice(WORDS, 4, replace=False)
-        right = int(rng.integers(4))
+        options = rng.choice(WORDS, n_options, replace=False)
+        right = int(rng.integers(n_options))
         word = int(options[right])
         sequence = [QUESTION, word, NEWLINE]
         for i, option in enumerate(options):
@@ -64,7 +66,7 @@ def questions(rng: np.random.Generator, n: int, answer_format: str) -> tuple[tor
 
 
 def train(answer_format: str, model_spec: dict, *, steps: int, learning_rate: float, batch_size: int, every: int,
-          seed: int) -> list[dict]:
+          seed: int, two_option_steps: int = 0) -> list[dict]:
     torch.manual_seed(seed)
     model = plain_llama(model_spec, VOCAB, 64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
@@ -72,7 +74,7 @@ def train(answer_format: str, model_spec: dict, *, steps: int, learning_rate: fl
     rng, began, curve, losses = np.random.default_rng(seed), time.perf_counter(), [], []
     n_answer = held_out_targets.shape[1]
     for step in range(1, steps + 1):
-        inputs, targets = questions(rng, batch_size, answer_format)
+        inputs, targets = questions(rng, batch_size, answer_format, 2 if step <= two_option_steps else 4)
         logits = model(inputs).logits[:, -n_answer:]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1))
         loss.backward()
@@ -92,7 +94,9 @@ def train(answer_format: str, model_spec: dict, *, steps: int, learning_rate: fl
 def markdown(record: dict) -> str:
     steps = [point["step"] for point in next(iter(record["curves"].values()))]
     lines = ["# Letter pick in a plain language model of the base's size", "",
-             f"{record['model']}, batch {record['batch_size']}, lr {record['learning_rate']}, seed {record['seed']}; "
+             f"{record['model']}, batch {record['batch_size']}, lr {record['learning_rate']}, seed {record['seed']}"
+             + (f", the first {record['two_option_steps']} steps on two-option questions"
+                if record.get("two_option_steps") else "") + "; "
              f"letter accuracy on 500 held-out questions (chance 0.25). Machine: {record['machine']}.", "",
              "| answer format | " + " | ".join(f"step {s}" for s in steps) + " |",
              "|---" * (len(steps) + 1) + "|"]
@@ -109,16 +113,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--two-option-steps", type=int, default=0, help="the first steps' questions have two options")
     parser.add_argument("--params", default="params.yaml", help="the base.model sizes are read from here")
     parser.add_argument("--out", default="benchmarks/results/letter_pick.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model_spec = load_params(args.params)["base"]["model"]
     curves = {name: train(name, model_spec, steps=args.steps, learning_rate=args.learning_rate,
-                          batch_size=args.batch_size, every=args.every, seed=args.seed) for name in args.formats}
+                          batch_size=args.batch_size, every=args.every, seed=args.seed,
+                          two_option_steps=args.two_option_steps) for name in args.formats}
     record = {"model": (f"LlamaForCausalLM {model_spec['text_layers']} x {model_spec['text_hidden']}, "
                         f"{model_spec['text_heads']} heads, random initialisation"),
               "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seed": args.seed,
+              "two_option_steps": args.two_option_steps,
               "curves": curves, "machine": machine_line()}
     out = Path(args.out)
     atomic_write_json(out, record)
