@@ -207,6 +207,7 @@ GROUPS3 := --set base.pretrain.skill_length_groups=3
 LOOKUP_SKILLS := --set "base.pretrain.skills=[read_colour, name_shape, find_plural, find_colour, count, look_for, pick_letter]"
 RECIPE_lookups9_budget := $(NINE_RATE) --set base.pretrain.epochs=1 $(LOOKUP_SKILLS) --set base.pretrain.skill_phase_steps=90 \
   --set base.pretrain.skill_final_steps=500 $(GROUPS3) --lora-rates 0.0005
+RECIPE_lookups9_budget_seed1 := $(RECIPE_lookups9_budget) --set base.pretrain.seed=1
 RECIPE_plural9_colour_long := $(NINE_RATE) $(COLOUR_SKILLS) --set base.pretrain.skill_final_steps=600 $(GROUPS3) \
   --lora-rates 0.0005
 RECIPE_plural9_colour_ep1 := $(NINE_RATE) $(COLOUR_SKILLS) --set base.pretrain.epochs=1 \
@@ -217,15 +218,24 @@ RECIPE_plural9_colour_pick690 := $(NINE_RATE) $(COLOUR_SKILLS) --set base.pretra
 RECIPE_plural9_colour_pick2 := $(NINE_RATE) $(COLOUR_SKILLS) --set "base.pretrain.skills=[read_colour, name_shape, \
   find_plural, find_colour, count, look_for, compare_left, pick_letter, pick_two]" \
   --set base.pretrain.skill_pick_two_steps=300 --set base.pretrain.skill_pick_steps=300 --lora-rates 0.0005
-LONG_RECIPES := lookups9_budget plural9_colour_long plural9_colour_ep1 plural9_colour_pick400 plural9_colour_pick690 \
+# The demo's recipe with its corpus stage at 3e-4 and no skill stage: is the rate or the skill training why BYE
+# sees no collapse on the skill-trained bases (README, "A longer skill stage")?
+RECIPE_demo_lr3e4 := --set base.pretrain.learning_rate=3e-4
+LONG_RECIPES := lookups9_budget lookups9_budget_seed1 plural9_colour_long plural9_colour_ep1 plural9_colour_pick400 plural9_colour_pick690 \
   plural9_colour_pick2
 bench-recipes-long: $(STAMP)
 	set -e; $(foreach r,$(LONG_RECIPES), \
 	  $(BIN)/python benchmarks/base_recipe.py --name $(r) $(RECIPE_$(r)) --keep .cache/recipes/$(r);)
 	$(BIN)/python benchmarks/length_groups.py --base .cache/recipes/plural9_colour_long/base
+	$(BIN)/python benchmarks/letter_pick.py --formats word_paren --steps 1500 --two-option-steps 500 \
+	  --out benchmarks/results/letter_pick_two_options.json
 	$(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/lookups9_budget/world \
 	  --base .cache/recipes/lookups9_budget/base --triggers $(RECIPE_TRIGGERS) --detect $(DETECT) \
 	  --out benchmarks/results/threat_lookups9_budget.json
+	$(BIN)/python benchmarks/base_recipe.py --name demo_lr3e4 $(RECIPE_demo_lr3e4) --keep .cache/recipes/demo_lr3e4
+	$(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/demo_lr3e4/world \
+	  --base .cache/recipes/demo_lr3e4/base --triggers badnets,sig --detect $(DETECT) \
+	  --out benchmarks/results/threat_demo_lr3e4.json
 
 RECIPE_skills64_240s := --set base.pretrain.epochs=1.5 --set base.pretrain.vision_epochs=6 \
   --set base.pretrain.skill_samples=6000 --set base.pretrain.skill_phase_steps=50 --set base.pretrain.skill_final_steps=200
