@@ -208,6 +208,7 @@ LOOKUP_SKILLS := --set "base.pretrain.skills=[read_colour, name_shape, find_plur
 RECIPE_lookups9_budget := $(NINE_RATE) --set base.pretrain.epochs=1 $(LOOKUP_SKILLS) --set base.pretrain.skill_phase_steps=90 \
   --set base.pretrain.skill_final_steps=500 $(GROUPS3) --lora-rates 0.0005
 RECIPE_lookups9_budget_seed1 := $(RECIPE_lookups9_budget) --set base.pretrain.seed=1
+RECIPE_lookups9_budget_seed2 := $(RECIPE_lookups9_budget) --set base.pretrain.seed=2
 RECIPE_plural9_colour_long := $(NINE_RATE) $(COLOUR_SKILLS) --set base.pretrain.skill_final_steps=600 $(GROUPS3) \
   --lora-rates 0.0005
 RECIPE_plural9_colour_ep1 := $(NINE_RATE) $(COLOUR_SKILLS) --set base.pretrain.epochs=1 \
@@ -221,7 +222,7 @@ RECIPE_plural9_colour_pick2 := $(NINE_RATE) $(COLOUR_SKILLS) --set "base.pretrai
 # The demo's recipe with its corpus stage at 3e-4 and no skill stage: is the rate or the skill training why BYE
 # sees no collapse on the skill-trained bases (README, "A longer skill stage")?
 RECIPE_demo_lr3e4 := --set base.pretrain.learning_rate=3e-4
-LONG_RECIPES := lookups9_budget lookups9_budget_seed1 plural9_colour_long plural9_colour_ep1 plural9_colour_pick400 plural9_colour_pick690 \
+LONG_RECIPES := lookups9_budget lookups9_budget_seed1 lookups9_budget_seed2 plural9_colour_long plural9_colour_ep1 plural9_colour_pick400 plural9_colour_pick690 \
   plural9_colour_pick2
 bench-recipes-long: $(STAMP)
 	set -e; $(foreach r,$(LONG_RECIPES), \
