@@ -227,6 +227,9 @@ LONG_RECIPES := lookups9_budget lookups9_budget_seed1 lookups9_budget_seed2 plur
 bench-recipes-long: $(STAMP)
 	set -e; $(foreach r,$(LONG_RECIPES), \
 	  $(BIN)/python benchmarks/base_recipe.py --name $(r) $(RECIPE_$(r)) --keep .cache/recipes/$(r);)
+	set -e; $(foreach r,lookups9_budget lookups9_budget_seed1 lookups9_budget_seed2, \
+	  $(BIN)/python benchmarks/skill_probe.py --base .cache/recipes/$(r)/base --options letter_after \
+	    --out benchmarks/results/skill_probe_$(r).json;)
 	$(BIN)/python benchmarks/length_groups.py --base .cache/recipes/plural9_colour_long/base
 	$(BIN)/python benchmarks/letter_pick.py --formats word_paren --steps 1500 --two-option-steps 500 \
 	  --out benchmarks/results/letter_pick_two_options.json
