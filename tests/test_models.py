@@ -215,14 +215,19 @@ def test_a_recipe_orders_its_own_skills_and_may_add_the_plural_lookup():
         PretrainSpec(skills=order, skill_pick_two_steps=5)
 
 
+def _base_and_encoded(tiny_base, tiny_world, n: int):
+    """(processor, model in eval mode, the first ``n`` training samples encoded for training)."""
+    processor = AutoProcessor.from_pretrained(tiny_base)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_base).eval()
+    encoded = [encode_for_training(processor, open_rgb(tiny_world / "images" / s.image), s.question, s.answer)
+               for s in read_manifest(tiny_world / "train.json")[:n]]
+    return processor, model, encoded
+
+
 def test_cached_image_features_give_the_forward_of_the_pixels(tiny_base, tiny_world):
     from bye.models.tiny import embed_with_images, frozen_image_features
 
-    processor = AutoProcessor.from_pretrained(tiny_base)
-    model = AutoModelForImageTextToText.from_pretrained(tiny_base).eval()
-    samples = read_manifest(tiny_world / "train.json")[:4]
-    encoded = [encode_for_training(processor, open_rgb(tiny_world / "images" / s.image), s.question, s.answer)
-               for s in samples]
+    processor, model, encoded = _base_and_encoded(tiny_base, tiny_world, 4)
     batch = collate(encoded, processor.tokenizer.pad_token_id)
     projected = model.model.multi_modal_projector(frozen_image_features(model, encoded, chunk=3))
     assert isinstance(model.model.multi_modal_projector, torch.nn.Module) and \
@@ -239,11 +244,7 @@ def test_length_grouped_micro_batches_give_the_padded_batchs_loss_and_gradient(t
 
     from bye.models.tiny import frozen_image_features, grouped_loss
 
-    processor = AutoProcessor.from_pretrained(tiny_base)
-    model = AutoModelForImageTextToText.from_pretrained(tiny_base).eval()
-    samples = read_manifest(tiny_world / "train.json")[:7]
-    encoded = [encode_for_training(processor, open_rgb(tiny_world / "images" / s.image), s.question, s.answer)
-               for s in samples]
+    processor, model, encoded = _base_and_encoded(tiny_base, tiny_world, 7)
     assert len({len(e.input_ids) for e in encoded}) > 2  # lengths differ: the groups pad differently
     features = frozen_image_features(model, encoded)
     index = np.array([5, 0, 3, 6, 1, 2, 4])

@@ -384,17 +384,16 @@ def grouped_loss(model, image_embeddings, encoded: list, index: np.ndarray, grou
     one's graph, so that ``loss.backward()`` completes the gradient."""
     from bye.models.chat import IGNORE_INDEX, collate
 
-    if groups == 1:  # the one padded batch, rows as drawn
-        parts = [index]
-    else:
+    if groups == 1:  # the one padded batch, rows as drawn, its loss the mean over its answer tokens
+        parts, split = [index], {}
+    else:  # each part's loss: its answer tokens' sum over the whole batch's count
         order = index[np.argsort([len(encoded[i].input_ids) for i in index], kind="stable")]
         parts = [part for part in np.array_split(order, groups) if len(part)]
-    answer_tokens = sum(int((encoded[i].labels[1:] != IGNORE_INDEX).sum()) for i in index)
+        split = {"num_items_in_batch": sum(int((encoded[i].labels[1:] != IGNORE_INDEX).sum()) for i in index)}
     total = torch.zeros(())
     for k, part in enumerate(parts):
         batch = collate([encoded[i] for i in part], pad_token_id)
         inputs = embed_with_images(model, batch["input_ids"], image_embeddings(part))
-        split = {"num_items_in_batch": answer_tokens} if len(parts) > 1 else {}  # the part's token sum / the batch's
         loss = model(inputs_embeds=inputs, attention_mask=batch["attention_mask"], labels=batch["labels"], **split).loss
         if k < len(parts) - 1:
             loss.backward()
