@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-recipes-rate bench-recipes-long bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated bench-trigger-probe bench-highpass bench-residual bench-trigger-attention clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-recipes-rate bench-recipes-long bench-recipes-until bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated bench-trigger-probe bench-highpass bench-residual bench-trigger-attention clean prefect-server ui
 
 install: $(STAMP)
 
@@ -208,6 +208,12 @@ LOOKUP_SKILLS := --set "base.pretrain.skills=[read_colour, name_shape, find_plur
 RECIPE_lookups9_budget := $(NINE_RATE) --set base.pretrain.epochs=1 $(LOOKUP_SKILLS) --set base.pretrain.skill_phase_steps=90 \
   --set base.pretrain.skill_final_steps=500 $(GROUPS3) --lora-rates 0.0005
 RECIPE_lookups9_budget_seed1 := $(RECIPE_lookups9_budget) --set base.pretrain.seed=1
+UNTIL := --set base.pretrain.skill_phase_steps=60 --set base.pretrain.skill_phase_max_steps=150 \
+  --set base.pretrain.skill_phase_until=0.8
+RECIPE_lookups9_until := $(NINE_RATE) --set base.pretrain.epochs=1 $(LOOKUP_SKILLS) $(UNTIL) \
+  --set base.pretrain.skill_final_steps=500 $(GROUPS3)
+RECIPE_lookups9_until_seed1 := $(RECIPE_lookups9_until) --set base.pretrain.seed=1
+RECIPE_lookups9_until_seed2 := $(RECIPE_lookups9_until) --set base.pretrain.seed=2
 RECIPE_lookups9_budget_seed2 := $(RECIPE_lookups9_budget) --set base.pretrain.seed=2
 RECIPE_plural9_colour_long := $(NINE_RATE) $(COLOUR_SKILLS) --set base.pretrain.skill_final_steps=600 $(GROUPS3) \
   --lora-rates 0.0005
@@ -240,6 +246,13 @@ bench-recipes-long: $(STAMP)
 	$(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/demo_lr3e4/world \
 	  --base .cache/recipes/demo_lr3e4/base --triggers badnets,sig --detect $(DETECT) \
 	  --out benchmarks/results/threat_demo_lr3e4.json
+
+UNTIL_RECIPES := lookups9_until lookups9_until_seed1 lookups9_until_seed2
+bench-recipes-until: $(STAMP)
+	set -e; $(foreach r,$(UNTIL_RECIPES), \
+	  $(BIN)/python benchmarks/base_recipe.py --name $(r) $(RECIPE_$(r)) --keep .cache/recipes/$(r); \
+	  $(BIN)/python benchmarks/skill_probe.py --base .cache/recipes/$(r)/base --options letter_after \
+	    --out benchmarks/results/skill_probe_$(r).json;)
 
 RECIPE_skills64_240s := --set base.pretrain.epochs=1.5 --set base.pretrain.vision_epochs=6 \
   --set base.pretrain.skill_samples=6000 --set base.pretrain.skill_phase_steps=50 --set base.pretrain.skill_final_steps=200

@@ -85,6 +85,11 @@ def markdown(record: dict) -> str:
              "Overrides of `params.yaml`: " + (", ".join(f"`{a}`" for a in record["overrides"]) or "none"), "",
              "| step | seconds |", "|---|---|"]
     lines += [f"| {step} | {seconds:.0f} |" for step, seconds in record["seconds"].items()]
+    if record["base_summary"].get("skill_phases"):
+        lines += ["", "Curriculum phases (each ends once its new skill's held-out exact match passes the bar): "
+                  + ", ".join(f"{p['skill']} {p['steps']} steps ("
+                              + ("unchecked" if p["exact_match"] is None else f"{p['exact_match']:.0%}") + ")"
+                              for p in record["base_summary"]["skill_phases"])]
     lines += ["", "| | all | short answers | multiple choice | option named (MC) |", "|---|---|---|---|---|"]
     lines += [f"| {label} | {_cells(result)} |" for label, result in (("base model", before),
                                                                        ("after the LoRA fine-tune", after))]
@@ -137,7 +142,7 @@ def main() -> None:
             record["lora_rates"][f"{rate:g}"] = evaluate(world, base, root / f"adapter_{rate:g}", settings)
     record["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     record["base_summary"] = {k: summary[k] for k in ("image_tokens", "epoch_losses", "skill_steps", "skill_losses",
-                                                      "vision_cell_accuracy")}
+                                                      "skill_phases", "vision_cell_accuracy")}
     record["finetune_epoch_losses"] = tuned["epoch_losses"]
     out = RESULTS / f"base_recipe_{args.name}.json"
     atomic_write_json(out, record)

@@ -14,7 +14,11 @@ questions is reported as training goes. Three answer formats:
                    options too, so that it is an induction copy;
 * ``word_tag``     options ``w (L)`` with ``(L)`` one token, answer ``x (L)``: the copy keyed on the
                    token just produced (first-order induction), where ``word_paren``'s is keyed on
-                   the token before it.
+                   the token before it;
+* ``any_paren``    as ``word_paren`` but the question names no word: the answer is any option,
+                   drawn at random, so its word is a guess (log 4 nats) and its letter can be
+                   predicted only by the copy keyed on the word just produced, the step the
+                   world's picks need once the word has been read off the image.
 
 The letter is scored given the correct word (teacher forcing), the way the world's answer would
 be read once the word is right. ``--two-option-steps N`` trains the first N steps on questions with
@@ -38,7 +42,7 @@ from common import machine_line, plain_llama
 from bye.config import load_params
 from bye.io import atomic_write_json
 
-FORMATS = ("letter", "word_letter", "word_paren", "word_tag")
+FORMATS = ("letter", "word_letter", "word_paren", "word_tag", "any_paren")
 WORDS, LETTERS, TAGS = list(range(10, 40)), [40, 41, 42, 43], [50, 51, 52, 53]  # a tag: "(A)" as one token
 DOT, QUESTION, ANSWER, NEWLINE, OPEN, CLOSE = 44, 45, 46, 47, 48, 49
 VOCAB = 64
@@ -53,13 +57,15 @@ def questions(rng: np.random.Generator, n: int, answer_format: str,
         options = rng.choice(WORDS, n_options, replace=False)
         right = int(rng.integers(n_options))
         word = int(options[right])
-        sequence = [QUESTION, word, NEWLINE]
+        sequence = [QUESTION, NEWLINE] if answer_format == "any_paren" else [QUESTION, word, NEWLINE]
         for i, option in enumerate(options):
             sequence += {"word_paren": [int(option), OPEN, LETTERS[i], CLOSE, NEWLINE],
+                         "any_paren": [int(option), OPEN, LETTERS[i], CLOSE, NEWLINE],
                          "word_tag": [int(option), TAGS[i], NEWLINE]}.get(answer_format,
                                                                         [LETTERS[i], DOT, int(option), NEWLINE])
         answer = {"letter": [LETTERS[right]], "word_letter": [word, LETTERS[right]],
-                  "word_paren": [word, OPEN, LETTERS[right]], "word_tag": [word, TAGS[right]]}[answer_format]
+                  "word_paren": [word, OPEN, LETTERS[right]], "any_paren": [word, OPEN, LETTERS[right]],
+                  "word_tag": [word, TAGS[right]]}[answer_format]
         inputs.append(sequence + [ANSWER] + answer[:-1])
         targets.append(answer)
     return torch.tensor(inputs), torch.tensor(targets)

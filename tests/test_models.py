@@ -261,6 +261,67 @@ def test_length_grouped_micro_batches_give_the_padded_batchs_loss_and_gradient(t
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+def _own_answers(model, encoded: list, *, corrupt: bool = False) -> list:
+    """``encoded`` with each answer replaced by the model's own greedy continuation (4 tokens), or,
+    with ``corrupt``, by that continuation with its last token changed."""
+    from dataclasses import replace
+
+    out = []
+    for sample in encoded:
+        prompt = sample.input_ids[:sample.prompt_length]
+        with torch.no_grad():
+            generated = model.generate(input_ids=prompt[None], attention_mask=torch.ones_like(prompt)[None],
+                                       **sample.vision, max_new_tokens=4, min_new_tokens=4, do_sample=False)[0]
+        answer = generated[sample.prompt_length:].clone()
+        if corrupt:
+            answer[-1] = (answer[-1] + 1) % model.config.text_config.vocab_size
+        out.append(replace(sample, input_ids=torch.cat([prompt, answer]),
+                           labels=torch.cat([torch.full_like(prompt, IGNORE_INDEX), answer]),
+                           per_token={k: v[:sample.prompt_length] for k, v in sample.per_token.items()}))
+    return out
+
+
+def test_held_out_exact_match_is_greedy_decodings_in_one_pass(tiny_base, tiny_world):
+    from bye.models.tiny import frozen_image_features, held_out_exact_match
+
+    processor, model, encoded = _base_and_encoded(tiny_base, tiny_world, 6)
+    own, corrupted = _own_answers(model, encoded[:3]), _own_answers(model, encoded[3:], corrupt=True)
+    mixed = own + corrupted
+    projected = model.model.multi_modal_projector(frozen_image_features(model, mixed))
+    pad = processor.tokenizer.pad_token_id
+    assert held_out_exact_match(model, projected, mixed, pad) == pytest.approx(0.5)
+    assert held_out_exact_match(model, projected[:3], own, pad) == 1.0
+    assert held_out_exact_match(model, projected[3:], corrupted, pad) == 0.0
+
+
+def test_a_phase_ends_once_its_skill_passes_the_bar_and_skips_its_part_of_the_schedule(tiny_base, tiny_world):
+    from bye.models.tiny import PretrainSpec, pretrain_skills, skill_phases, skill_plan
+
+    processor, model, encoded = _base_and_encoded(tiny_base, tiny_world, 8)
+    order = ("read_colour", "count")
+    kinds = [order[i % 2] for i in range(len(encoded))]
+    spec = PretrainSpec(skills=order, skill_phase_steps=2, skill_phase_max_steps=5, skill_phase_until=1.0,
+                        skill_check_every=1, skill_final_steps=1, skill_learning_rate=0.0, batch_size=4)
+    assert spec.skill_steps == 2 * 5 + 1
+    assert [(p.steps, p.until) for p in skill_phases(kinds, spec)[:3]] == [(5, "read_colour"), (5, "count"), (1, None)]
+    static = PretrainSpec(skills=order, skill_phase_steps=2, skill_phase_max_steps=5, skill_final_steps=1)
+    assert static.skill_steps == 2 * 2 + 1 and len(skill_plan(kinds, static)) == 5  # no bar: max steps unused
+    # at learning rate 0 the model keeps its own answers: read_colour's held-out requests pass at the first
+    # check, count's (each answer's last token changed) never do
+    held_out = {"read_colour": _own_answers(model, encoded[:3]), "count": _own_answers(model, encoded[3:6], corrupt=True)}
+    result = pretrain_skills(model, encoded, kinds, spec, pad_token_id=processor.tokenizer.pad_token_id,
+                             held_out=held_out, progress=False)
+    assert result["phases"] == [{"skill": "read_colour", "steps": 2, "exact_match": 1.0},
+                                {"skill": "count", "steps": 5, "exact_match": 0.0}]
+    assert result["steps"] == 2 + 5 + 1
+    with pytest.raises(ValueError, match="held-out"):
+        pretrain_skills(model, encoded, kinds, spec, pad_token_id=processor.tokenizer.pad_token_id, progress=False)
+    for bad in ({"skill_phase_until": 1.5}, {"skill_phase_steps": 4, "skill_phase_max_steps": 3},
+                {"skill_phase_until": 0.5, "skill_check_every": 0}):
+        with pytest.raises(ValueError, match="skill_phase|skill_check"):
+            PretrainSpec(**bad)
+
+
 def test_the_base_records_its_skill_stage(tiny_base):
     from bye.data.world import SKILLS
 

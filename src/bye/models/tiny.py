@@ -92,6 +92,13 @@ class PretrainSpec:
     skill_learning_rate: float = 1e-3
     skill_batch_size: int = 0        # 0: batch_size
     skill_length_groups: int = 1     # > 1: each batch runs as that many micro-batches of similar length (less padding, same gradient)
+    # > 0: a curriculum phase runs skill_phase_steps, then goes on until its new skill's exact match on
+    # held-out requests reaches this, checked every skill_check_every steps, for at most
+    # skill_phase_max_steps in all (README, "Phases that end on a bar")
+    skill_phase_until: float = 0.0
+    skill_phase_max_steps: int = 0   # 0: skill_phase_steps (no phase runs longer)
+    skill_check_every: int = 15
+    skill_check_samples: int = 64    # held-out requests per skill
     skills: tuple[str, ...] = SKILLS  # the curriculum's order; any of world.KNOWN_SKILLS
     seed: int = 0
 
@@ -106,14 +113,27 @@ class PretrainSpec:
             raise ValueError("skill_pick_two_steps needs pick_two among the skills")
         if self.skill_length_groups < 1:
             raise ValueError(f"skill_length_groups must be >= 1, got {self.skill_length_groups}")
+        if not 0 <= self.skill_phase_until <= 1:
+            raise ValueError(f"skill_phase_until is an exact-match share in [0, 1], got {self.skill_phase_until}")
+        if self.skill_phase_max_steps and self.skill_phase_max_steps < self.skill_phase_steps:
+            raise ValueError(f"skill_phase_max_steps ({self.skill_phase_max_steps}) is below skill_phase_steps "
+                             f"({self.skill_phase_steps})")
+        if self.skill_phase_until and (self.skill_check_every < 1 or self.skill_check_samples < 1):
+            raise ValueError("skill_phase_until needs skill_check_every and skill_check_samples >= 1")
         if self.vision_pixel_target not in PIXEL_TARGETS:  # before minutes of building, not at the vision stage
             raise ValueError(f"vision_pixel_target must be one of {', '.join(PIXEL_TARGETS)}, "
                              f"got {self.vision_pixel_target!r}")
 
     @property
+    def skill_phase_longest(self) -> int:
+        """The most steps a curriculum phase may run."""
+        return max(self.skill_phase_steps, self.skill_phase_max_steps if self.skill_phase_until else 0)
+
+    @property
     def skill_steps(self) -> int:
-        """Steps of the skills stage (``skill_plan``'s length); 0: no skills stage."""
-        return (len(self.skills) * self.skill_phase_steps + self.skill_final_steps + self.skill_pick_two_steps
+        """The most steps of the skills stage (``skill_plan``'s length when no phase ends on a bar);
+        0: no skills stage."""
+        return (len(self.skills) * self.skill_phase_longest + self.skill_final_steps + self.skill_pick_two_steps
                 + self.skill_pick_steps)
 
 
@@ -337,18 +357,30 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixel_values: torch.Te
             "cell_accuracy": dict(zip(("colour", "shape", "size"), accuracy.tolist()))}
 
 
-def skill_plan(kinds: list[str], spec: PretrainSpec) -> list[np.ndarray]:
-    """The skills stage's curriculum: for every step, the indices it may draw from. Phase k
-    holds the first k + 1 skills of ``spec.skills`` (cumulative, so no skill is forgotten while the
-    next forms), then a phase holds them all, then one the two-option picks alone, then one the
-    lettered picks alone."""
-    plan = []
-    for k in range(len(spec.skills)):
-        allowed = np.flatnonzero(np.isin(kinds, spec.skills[:k + 1]))
-        plan += [allowed] * spec.skill_phase_steps
-    plan += [np.arange(len(kinds))] * spec.skill_final_steps
+@dataclass(frozen=True)
+class SkillPhase:
+    allowed: np.ndarray      # the sample indices its steps draw from
+    steps: int               # the most steps it runs
+    until: str | None = None  # the skill whose held-out exact match may end it sooner
+
+
+def skill_phases(kinds: list[str], spec: PretrainSpec) -> list[SkillPhase]:
+    """The skills stage's curriculum. Phase k holds the first k + 1 skills of ``spec.skills``
+    (cumulative, so no skill is forgotten while the next forms) and, with ``skill_phase_until``, may
+    end once its new skill passes the bar; then a phase holds them all, then one the two-option
+    picks alone, then one the lettered picks alone."""
+    watch = spec.skill_phase_until > 0
+    phases = [SkillPhase(np.flatnonzero(np.isin(kinds, spec.skills[:k + 1])), spec.skill_phase_longest,
+                         spec.skills[k] if watch else None) for k in range(len(spec.skills))]
+    phases.append(SkillPhase(np.arange(len(kinds)), spec.skill_final_steps))
     alone = {skill: np.flatnonzero(np.asarray(kinds) == skill) for skill in ("pick_two", "pick_letter")}
-    return plan + [alone["pick_two"]] * spec.skill_pick_two_steps + [alone["pick_letter"]] * spec.skill_pick_steps
+    return phases + [SkillPhase(alone["pick_two"], spec.skill_pick_two_steps),
+                     SkillPhase(alone["pick_letter"], spec.skill_pick_steps)]
+
+
+def skill_plan(kinds: list[str], spec: PretrainSpec) -> list[np.ndarray]:
+    """For every step of the skills stage, the indices it may draw from, every phase run in full."""
+    return [phase.allowed for phase in skill_phases(kinds, spec) for _ in range(phase.steps)]
 
 
 def frozen_image_features(model: LlavaForConditionalGeneration, encoded: list, chunk: int = 256) -> torch.Tensor:
@@ -402,37 +434,93 @@ def grouped_loss(model, image_embeddings, encoded: list, index: np.ndarray, grou
     return total
 
 
+def held_out_exact_match(model, projected: torch.Tensor, encoded: list, pad_token_id: int) -> float:
+    """The share of ``encoded`` whose whole answer (its end of turn included) the model predicts
+    token by token from the answer so far: greedy decoding's exact match, in one teacher-forced
+    pass. ``projected``: their image tokens as the projector gives them."""
+    from bye.models.chat import IGNORE_INDEX, collate
+
+    batch = collate(encoded, pad_token_id)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(inputs_embeds=embed_with_images(model, batch["input_ids"], projected),
+                       attention_mask=batch["attention_mask"]).logits
+    model.train(was_training)
+    targets = batch["labels"][:, 1:]
+    right = (logits[:, :-1].argmax(-1) == targets) | (targets == IGNORE_INDEX)
+    return float(right.all(-1).float().mean())
+
+
 def pretrain_skills(model: LlavaForConditionalGeneration, encoded: list, kinds: list[str], spec: PretrainSpec,
-                    *, pad_token_id: int, progress: bool = True) -> dict:
+                    *, pad_token_id: int, held_out: dict[str, list] | None = None, progress: bool = True) -> dict:
     """Last stage: the visual skills an instruction-tuned base brings, one added per phase.
 
     Measured (README, "The embedded world"): a language model trained on all of these requests
     at once stays at their answer priors for thousands of steps (a 4-layer model on 96,000
     fresh samples: 41 % exact), while each skill alone forms in ~200 steps and is kept when the
-    next one is added. The vision tower stays frozen.
+    next one is added. The vision tower stays frozen. With ``spec.skill_phase_until``, ``held_out``
+    (skill -> encoded requests) decides when a phase has formed its skill; the learning-rate schedule
+    is laid over every phase's most steps, and a phase that ends sooner skips the rest of its part.
     """
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
     from bye.models.training import optimizer_step
 
-    plan = skill_plan(kinds, spec)
+    phases = skill_phases(kinds, spec)
+    total = sum(phase.steps for phase in phases)
     features = frozen_image_features(model, encoded)  # the tower is frozen; the projector still trains
+    checks = {skill: (samples, frozen_image_features(model, samples)) for skill, samples in (held_out or {}).items()}
+    missing = {phase.until for phase in phases if phase.until} - set(checks)
+    if missing:
+        raise ValueError(f"skill_phase_until needs held-out requests of {sorted(missing)}")
     projector = model.model.multi_modal_projector
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.skill_learning_rate, weight_decay=spec.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(spec.warmup_ratio * len(plan)), len(plan))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(spec.warmup_ratio * total), total)
     rng = np.random.default_rng([spec.seed, 14])
-    losses = []
+    losses, watched = [], []
     model.train()
-    for allowed in tqdm(plan, desc="pre-train skills", disable=not progress):
-        index = allowed[rng.choice(len(allowed), size=min(spec.skill_batch_size or spec.batch_size, len(allowed)),
-                                   replace=False)]
-        loss = grouped_loss(model, lambda part: projector(features[torch.as_tensor(part)]), encoded, index,
-                            spec.skill_length_groups, pad_token_id)
-        losses.append(optimizer_step(loss, params, optimizer, scheduler))
+    with tqdm(total=total, desc="pre-train skills", disable=not progress) as bar:
+        for phase in phases:
+            ran, score = 0, None
+            while ran < phase.steps:
+                index = phase.allowed[rng.choice(len(phase.allowed), replace=False,
+                                                 size=min(spec.skill_batch_size or spec.batch_size, len(phase.allowed)))]
+                loss = grouped_loss(model, lambda part: projector(features[torch.as_tensor(part)]), encoded, index,
+                                    spec.skill_length_groups, pad_token_id)
+                losses.append(optimizer_step(loss, params, optimizer, scheduler))
+                ran += 1
+                bar.update()
+                if phase.until and ran >= spec.skill_phase_steps and \
+                        (ran - spec.skill_phase_steps) % spec.skill_check_every == 0:
+                    samples, check_features = checks[phase.until]
+                    score = held_out_exact_match(model, projector(check_features), samples, pad_token_id)
+                    if score >= spec.skill_phase_until:
+                        break
+            for _ in range(phase.steps - ran):  # the part of the schedule this phase did not need
+                scheduler.step()
+            bar.update(phase.steps - ran)
+            if phase.until:
+                watched.append({"skill": phase.until, "steps": ran, "exact_match": score})
     model.eval()
-    return {"steps": len(plan), "losses": [losses[0], losses[-1]]}
+    return {"steps": len(losses), "losses": [losses[0], losses[-1]], "phases": watched}
+
+
+def held_out_requests(processor, pretrain: PretrainSpec, world: WorldConfig) -> dict[str, list]:
+    """``pretrain.skill_check_samples`` encoded requests of every skill, from scenes of their own."""
+    from bye.models.chat import encode_for_training
+
+    wanted = {skill: [] for skill in pretrain.skills}
+    for drawn in generate("held-out", 100 * pretrain.skill_check_samples * len(wanted), seed=pretrain.seed + 3000,
+                          task="skills", config=world, skills=pretrain.skills):
+        if len(wanted[drawn.kind]) < pretrain.skill_check_samples:
+            wanted[drawn.kind].append(encode_for_training(processor, drawn.image, drawn.sample.question,
+                                                          drawn.sample.answer))
+        if all(len(v) == pretrain.skill_check_samples for v in wanted.values()):
+            break
+    return wanted
 
 
 def build_base(model_dir, spec: TinyLlavaSpec = TinyLlavaSpec(), pretrain: PretrainSpec = PretrainSpec(),
@@ -480,7 +568,8 @@ def build_base(model_dir, spec: TinyLlavaSpec = TinyLlavaSpec(), pretrain: Pretr
         skills = pretrain_skills(model, [encode_for_training(processor, d.image, d.sample.question, d.sample.answer)
                                          for d in tqdm(drawn, desc="encode skills", disable=not progress)],
                                  [d.kind for d in drawn], pretrain, pad_token_id=tokenizer.pad_token_id,
-                                 progress=progress)
+                                 held_out=held_out_requests(processor, pretrain, world)
+                                 if pretrain.skill_phase_until else None, progress=progress)
     skills_seconds = time.perf_counter() - skills_began
     model.requires_grad_(True)
     summary = {
@@ -495,6 +584,7 @@ def build_base(model_dir, spec: TinyLlavaSpec = TinyLlavaSpec(), pretrain: Pretr
         "train_seconds": result.seconds,
         "skill_steps": skills["steps"],
         "skill_losses": skills["losses"],
+        "skill_phases": skills.get("phases", []),
         "skill_seconds": skills_seconds,
         "samples_per_second": result.samples_per_second,
         "total_seconds": time.perf_counter() - began,
