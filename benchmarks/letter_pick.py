@@ -71,11 +71,53 @@ def questions(rng: np.random.Generator, n: int, answer_format: str,
     return torch.tensor(inputs), torch.tensor(targets)
 
 
+def repeated_runs(rng: np.random.Generator, n: int, longest: int = 30) -> torch.Tensor:
+    """Rows of a random run of words (5 to 15 long, after a random prefix) followed by the same run again,
+    padded at the front with random words to ``longest``: the copy on which induction heads form. The run's
+    length varies, so the copy must find each token's earlier occurrence, not a fixed offset back."""
+    rows = []
+    for _ in range(n):
+        run = list(rng.choice(WORDS, int(rng.integers(5, 16))))
+        rows.append(list(rng.choice(WORDS, longest - 2 * len(run))) + run + run)
+    return torch.tensor(rows)
+
+
+def copy_loss(model, rng: np.random.Generator) -> float:
+    """The loss on the last five tokens of 256 fresh :func:`repeated_runs`, which only a copy predicts
+    (chance: log of the word count, 3.4 nats)."""
+    with torch.no_grad():
+        rows = repeated_runs(rng, 256)
+        logits = model(rows).logits[:, -6:-1]
+        return float(torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), rows[:, -5:].reshape(-1)))
+
+
+def copy_warm_up(model, optimizer, rng: np.random.Generator, *, steps: int, batch_size: int,
+                 every: int) -> list[dict]:
+    """``steps`` steps on :func:`repeated_runs`, the loss on every token (the second run's is the copy's);
+    the held-out copy loss every ``every`` steps."""
+    curve, began = [], time.perf_counter()
+    for step in range(1, steps + 1):
+        rows = repeated_runs(rng, batch_size)
+        logits = model(rows).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), rows[:, 1:].reshape(-1))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % every == 0 or step == steps:
+            curve.append({"step": step, "copy_loss": copy_loss(model, np.random.default_rng(step)),
+                          "seconds": time.perf_counter() - began})
+            print("copy", curve[-1], flush=True)
+    return curve
+
+
 def train(answer_format: str, model_spec: dict, *, steps: int, learning_rate: float, batch_size: int, every: int,
-          seed: int, two_option_steps: int = 0) -> list[dict]:
+          seed: int, two_option_steps: int = 0, copy_steps: int = 0) -> tuple[list[dict], list[dict]]:
+    """The held-out letter accuracy every ``every`` steps, after the copy warm-up's curve (if any)."""
     torch.manual_seed(seed)
     model = plain_llama(model_spec, VOCAB, 64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
+    warm_up = copy_warm_up(model, optimizer, np.random.default_rng([seed, 3]), steps=copy_steps,
+                           batch_size=batch_size, every=every) if copy_steps else []
     held_out_inputs, held_out_targets = questions(np.random.default_rng(seed + 1), 500, answer_format)
     rng, began, curve, losses = np.random.default_rng(seed), time.perf_counter(), [], []
     n_answer = held_out_targets.shape[1]
@@ -94,7 +136,7 @@ def train(answer_format: str, model_spec: dict, *, steps: int, learning_rate: fl
                           "letter_accuracy": float((letter == held_out_targets[:, -1]).float().mean()),
                           "seconds": time.perf_counter() - began})
             print(answer_format, curve[-1], flush=True)
-    return curve
+    return curve, warm_up
 
 
 def markdown(record: dict) -> str:
@@ -102,12 +144,18 @@ def markdown(record: dict) -> str:
     lines = ["# Letter pick in a plain language model of the base's size", "",
              f"{record['model']}, batch {record['batch_size']}, lr {record['learning_rate']}, seed {record['seed']}"
              + (f", the first {record['two_option_steps']} steps on two-option questions"
-                if record.get("two_option_steps") else "") + "; "
+                if record.get("two_option_steps") else "")
+             + (f", after {record['copy_steps']} steps of copying repeated random runs of varying length"
+                if record.get("copy_steps") else "") + "; "
              f"letter accuracy on 500 held-out questions (chance 0.25). Machine: {record['machine']}.", "",
              "| answer format | " + " | ".join(f"step {s}" for s in steps) + " |",
              "|---" * (len(steps) + 1) + "|"]
     for name, curve in record["curves"].items():
         lines.append(f"| `{name}` | " + " | ".join(f"{p['letter_accuracy']:.2f}" for p in curve) + " |")
+    for name, curve in record.get("copy_curves", {}).items():
+        lines += ["", f"The copy warm-up before `{name}`: loss on the repeated run's last five tokens (chance 3.4 nats)",
+                  "", "| " + " | ".join(f"step {p['step']}" for p in curve) + " |", "|---" * len(curve) + "|",
+                  "| " + " | ".join(f"{p['copy_loss']:.2f}" for p in curve) + " |"]
     return "\n".join(lines) + "\n"
 
 
@@ -120,19 +168,24 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--two-option-steps", type=int, default=0, help="the first steps' questions have two options")
+    parser.add_argument("--copy-steps", type=int, default=0,
+                        help="first train this many steps on repeated random runs (the copy induction heads form on)")
     parser.add_argument("--params", default="params.yaml", help="the base.model sizes are read from here")
     parser.add_argument("--out", default="benchmarks/results/letter_pick.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model_spec = load_params(args.params)["base"]["model"]
-    curves = {name: train(name, model_spec, steps=args.steps, learning_rate=args.learning_rate,
-                          batch_size=args.batch_size, every=args.every, seed=args.seed,
-                          two_option_steps=args.two_option_steps) for name in args.formats}
+    runs = {name: train(name, model_spec, steps=args.steps, learning_rate=args.learning_rate,
+                        batch_size=args.batch_size, every=args.every, seed=args.seed,
+                        two_option_steps=args.two_option_steps, copy_steps=args.copy_steps) for name in args.formats}
+    curves = {name: curve for name, (curve, _) in runs.items()}
     record = {"model": (f"LlamaForCausalLM {model_spec['text_layers']} x {model_spec['text_hidden']}, "
                         f"{model_spec['text_heads']} heads, random initialisation"),
               "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seed": args.seed,
-              "two_option_steps": args.two_option_steps,
+              "two_option_steps": args.two_option_steps, "copy_steps": args.copy_steps,
               "curves": curves, "machine": machine_line()}
+    if args.copy_steps:
+        record["copy_curves"] = {name: warm_up for name, (_, warm_up) in runs.items()}
     out = Path(args.out)
     atomic_write_json(out, record)
     out.with_suffix(".md").write_text(markdown(record))

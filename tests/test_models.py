@@ -295,7 +295,11 @@ def test_held_out_exact_match_is_greedy_decodings_in_one_pass(tiny_base, tiny_wo
 
 
 def test_a_phase_ends_once_its_skill_passes_the_bar_and_skips_its_part_of_the_schedule(tiny_base, tiny_world):
-    from bye.models.tiny import PretrainSpec, pretrain_skills, skill_phases, skill_plan
+    from dataclasses import replace
+
+    from conftest import TEST_WORLD
+
+    from bye.models.tiny import PretrainSpec, held_out_requests, pretrain_skills, skill_phases, skill_plan
 
     processor, model, encoded = _base_and_encoded(tiny_base, tiny_world, 8)
     order = ("read_colour", "count")
@@ -316,6 +320,9 @@ def test_a_phase_ends_once_its_skill_passes_the_bar_and_skips_its_part_of_the_sc
     assert result["steps"] == 2 + 5 + 1
     with pytest.raises(ValueError, match="held-out"):
         pretrain_skills(model, encoded, kinds, spec, pad_token_id=processor.tokenizer.pad_token_id, progress=False)
+    drawn = held_out_requests(processor, replace(spec, skill_check_samples=3), TEST_WORLD)
+    assert {skill: len(samples) for skill, samples in drawn.items()} == {"read_colour": 3, "count": 3}
+    assert all(int((s.labels != IGNORE_INDEX).sum()) > 1 for samples in drawn.values() for s in samples)
     for bad in ({"skill_phase_until": 1.5}, {"skill_phase_steps": 4, "skill_phase_max_steps": 3},
                 {"skill_phase_until": 0.5, "skill_check_every": 0}):
         with pytest.raises(ValueError, match="skill_phase|skill_check"):

@@ -513,7 +513,7 @@ def held_out_requests(processor, pretrain: PretrainSpec, world: WorldConfig) -> 
     from bye.models.chat import encode_for_training
 
     wanted = {skill: [] for skill in pretrain.skills}
-    for drawn in generate("held-out", 100 * pretrain.skill_check_samples * len(wanted), seed=pretrain.seed + 3000,
+    for drawn in generate("corpus", 100 * pretrain.skill_check_samples * len(wanted), seed=pretrain.seed + 3000,
                           task="skills", config=world, skills=pretrain.skills):
         if len(wanted[drawn.kind]) < pretrain.skill_check_samples:
             wanted[drawn.kind].append(encode_for_training(processor, drawn.image, drawn.sample.question,
