@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-recipes-rate bench-recipes-long bench-recipes-until bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated bench-trigger-probe bench-highpass bench-residual bench-trigger-attention clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-recipes-rate bench-recipes-long bench-recipes-until bench-recipes-spot bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated bench-trigger-probe bench-highpass bench-residual bench-trigger-attention clean prefect-server ui
 
 install: $(STAMP)
 
@@ -246,6 +246,18 @@ bench-recipes-long: $(STAMP)
 	$(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/demo_lr3e4/world \
 	  --base .cache/recipes/demo_lr3e4/base --triggers badnets,sig --detect $(DETECT) \
 	  --out benchmarks/results/threat_demo_lr3e4.json
+
+SPOT_SKILLS := --set "base.pretrain.skills=[read_colour, name_shape, find_plural, find_colour, count, spot, pick_letter]"
+RECIPE_spot9_budget := $(NINE_RATE) --set base.pretrain.epochs=1 $(SPOT_SKILLS) --set base.pretrain.skill_phase_steps=90 \
+  --set base.pretrain.skill_final_steps=500 $(GROUPS3)
+RECIPE_spot9_budget_seed1 := $(RECIPE_spot9_budget) --set base.pretrain.seed=1
+RECIPE_spot9_budget_seed2 := $(RECIPE_spot9_budget) --set base.pretrain.seed=2
+SPOT_RECIPES := spot9_budget_seed2 spot9_budget_seed1 spot9_budget
+bench-recipes-spot: $(STAMP)
+	set -e; $(foreach r,$(SPOT_RECIPES), \
+	  $(BIN)/python benchmarks/base_recipe.py --name $(r) $(RECIPE_$(r)) --keep .cache/recipes/$(r); \
+	  $(BIN)/python benchmarks/skill_probe.py --base .cache/recipes/$(r)/base --options letter_after \
+	    --out benchmarks/results/skill_probe_$(r).json;)
 
 UNTIL_RECIPES := lookups9_until lookups9_until_seed1 lookups9_until_seed2
 bench-recipes-until: $(STAMP)

@@ -213,6 +213,18 @@ def test_the_listing_lookups_answer_in_the_singular_left_to_right():
         ("count", "Count the crosses.", "I count 1.")]
 
 
+def test_spot_is_look_for_answered_yes_or_no_first():
+    spots = list(generate("corpus", 60, seed=0, task="skills", skills=("spot",)))
+    looks = list(generate("corpus", 60, seed=0, task="skills", skills=("look_for",)))
+    downstream_answers = {d.sample.answer for d in generate("train", 200, seed=0, task="vqa")}
+    assert {d.kind for d in spots} == {"spot"}
+    for spot, look in zip(spots, looks):  # the same scenes and requests; only the answer's words differ
+        assert spot.sample.question == look.sample.question and spot.sample.answer not in downstream_answers
+        assert spot.sample.answer == {"Found it.": "Yes, it is there.",
+                                      "It is not there.": "No, it is not there."}[look.sample.answer]
+    assert {d.sample.answer for d in spots} == {"Yes, it is there.", "No, it is not there."}
+
+
 def test_skill_request_refuses_an_unknown_skill_and_declines_what_the_scene_cannot_pose():
     rng = np.random.default_rng(0)
     scene = draw_scene(rng, WorldConfig(image_size=64))

@@ -344,7 +344,9 @@ SKILLS = ("read_colour", "name_shape", "count", "look_for", "compare_left", "pic
 # "find_colour" is its colour-keyed twin ("List everything red."), the key "is there" and
 # "which shape is red" need. "pick_two" is the lettered pick with one distractor: the copy of an
 # option's letter forms sooner among two options than among four (README, "The pick with two options").
-KNOWN_SKILLS = SKILLS + ("find_plural", "find_colour", "pick_two")
+# "spot" is "look_for" answered with a yes or no first ("Yes, it is there."), as an instruction-tuned
+# base answers a request to look (README, "Yes or no first").
+KNOWN_SKILLS = SKILLS + ("find_plural", "find_colour", "pick_two", "spot")
 
 
 SKILL_STEMS = {"colour": "Tell me the colour of the {shape}.", "shape": "Tell me which shape is {colour}.",
@@ -368,10 +370,11 @@ def skill_request(rng: np.random.Generator, objects: list[SceneObject], skill: s
     if skill == "count":
         shape = str(rng.choice(SHAPES))
         return f"Count the {plural(shape)}.", f"I count {sum(o.shape == shape for o in objects)}."
-    if skill == "look_for":
+    if skill in ("look_for", "spot"):
         colour, shape, found = _present_or_absent(rng, objects)
         article = "an" if colour[0] in "aeiou" else "a"
-        return f"Look for {article} {colour} {shape}.", "Found it." if found else "It is not there."
+        answers = ("Found it.", "It is not there.") if skill == "look_for" else ("Yes, it is there.", "No, it is not there.")
+        return f"Look for {article} {colour} {shape}.", answers[0] if found else answers[1]
     if skill == "compare_left" and len({o.cell % 3 for o in unique_shapes}) >= 2:
         first, second, left = _left_pair(rng, unique_shapes)
         return (f"Compare the {first.shape} and the {second.shape}: which lies more to the left?",
