@@ -1,7 +1,7 @@
 """What a base has learnt before any fine-tune: its greedy answers to every skill request of the world.
 
 Draws ``--n`` fresh scenes (the world's test split under a seed no submission uses), asks each one
-skill request (:data:`bye.data.world.KNOWN_SKILLS`, whether or not the base's curriculum held it),
+skill request (``--skills``, by default :data:`PROBED`, whether or not the base's curriculum held them),
 generates greedily and reports the exact match per skill. A skill the base's curriculum left out
 shows what transfers; lettered picks follow ``--options``. One more row, ``repeat``: ``--n-repeat``
 requests to repeat a random run of the base's own vocabulary, the corpus's copy requests
@@ -28,6 +28,10 @@ from bye.data.world import KNOWN_SKILLS, WorldConfig, generate
 from bye.models.evaluate import generate_answers
 from bye.models.tiny import vocabulary_requests
 
+# The skills probed by default: the draws stay those of the committed results when a skill is added.
+PROBED = ("read_colour", "name_shape", "count", "look_for", "compare_left", "pick_letter", "find_plural",
+          "find_colour", "pick_two")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,6 +41,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=700)
     parser.add_argument("--seed", type=int, default=4242)
     parser.add_argument("--n-repeat", type=int, default=100)
+    parser.add_argument("--skills", nargs="+", choices=KNOWN_SKILLS, default=list(PROBED))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.n_repeat > args.n:
@@ -44,7 +49,7 @@ def main() -> None:
     processor = AutoProcessor.from_pretrained(args.base)
     model = AutoModelForImageTextToText.from_pretrained(args.base).eval()
     drawn = list(generate("test", args.n, seed=args.seed, task="skills", config=WorldConfig(options=args.options),
-                          skills=KNOWN_SKILLS))
+                          skills=tuple(args.skills)))
     answers = generate_answers(model, processor, [d.image for d in drawn], [d.sample.question for d in drawn],
                                batch_size=64, max_new_tokens=24)
     hits: dict[str, list[bool]] = defaultdict(list)
@@ -54,7 +59,7 @@ def main() -> None:
     copied = generate_answers(model, processor, [d.image for d in drawn[:args.n_repeat]], [q for q, _ in repeats],
                               batch_size=64, max_new_tokens=24)
     hits["repeat"] = [answer == text for answer, (_, text) in zip(copied, repeats)]
-    rows = (*KNOWN_SKILLS, "repeat")
+    rows = (*args.skills, "repeat")
     record = {"base": str(args.base), "options": args.options, "n": args.n, "seed": args.seed,
               "exact_match": {k: float(np.mean(hits[k])) for k in rows},
               "requests": {k: len(hits[k]) for k in rows},
