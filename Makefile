@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-recipes-rate bench-recipes-long bench-recipes-until bench-recipes-spot bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated bench-trigger-probe bench-highpass bench-residual bench-trigger-attention clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-recipes-rate bench-recipes-long bench-recipes-until bench-recipes-spot bench-skill-bye bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated bench-trigger-probe bench-highpass bench-residual bench-trigger-attention clean prefect-server ui
 
 install: $(STAMP)
 
@@ -256,6 +256,22 @@ bench-recipes-spot: $(STAMP)
 	  $(BIN)/python benchmarks/base_recipe.py --name $(r) $(RECIPE_$(r)) --keep .cache/recipes/$(r); \
 	  $(BIN)/python benchmarks/skill_probe.py --base .cache/recipes/$(r)/base --options letter_after \
 	    --out benchmarks/results/skill_probe_$(r).json;)
+
+# BYE on the skill-trained base: its SIG and badnets scans kept and rescored, and three clean worlds (~15 min;
+# needs bench-recipes-long's lookups9_budget)
+bench-skill-bye: $(STAMP)
+	$(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/lookups9_budget/world \
+	  --base .cache/recipes/lookups9_budget/base --triggers sig,badnets --detect bye --keep .cache/keep/lookups9_budget \
+	  --out benchmarks/results/threat_lookups9_budget_kept.json
+	$(BIN)/python benchmarks/rescore.py .cache/keep/lookups9_budget --out benchmarks/results/rescore_lookups9_budget_raw.json
+	$(BIN)/python benchmarks/rescore.py .cache/keep/lookups9_budget --set profile.residualise=prompt --set profile.rule=paper \
+	  --set profile.tau=2.0 --out benchmarks/results/rescore_lookups9_budget_residual_tau2.json
+	$(BIN)/python benchmarks/rescore.py .cache/keep/lookups9_budget --set profile.residualise=prompt --set profile.rule=paper \
+	  --set profile.tau=2.5 --out benchmarks/results/rescore_lookups9_budget_residual_tau25.json
+	$(BIN)/python benchmarks/verdict.py --base .cache/recipes/lookups9_budget/base --seeds 1,2,3 --method bye \
+	  --set world.scene.options=letter_after --keep .cache/verdict_lookups9_budget --name lookups9_budget
+	$(BIN)/python benchmarks/residual.py --clean .cache/verdict_lookups9_budget --poisoned .cache/keep/lookups9_budget \
+	  --out benchmarks/results/residual_lookups9_budget.json
 
 UNTIL_RECIPES := lookups9_until lookups9_until_seed1 lookups9_until_seed2
 bench-recipes-until: $(STAMP)
