@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-recipes-rate bench-recipes-long bench-recipes-until bench-recipes-spot bench-skill-bye bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated bench-trigger-probe bench-highpass bench-residual bench-trigger-attention clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-recipes-rate bench-recipes-long bench-recipes-until bench-recipes-spot bench-skill-bye bench-refinetune bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated bench-trigger-probe bench-highpass bench-residual bench-trigger-attention clean prefect-server ui
 
 install: $(STAMP)
 
@@ -272,6 +272,11 @@ bench-skill-bye: $(STAMP)
 	  --set world.scene.options=letter_after --keep .cache/verdict_lookups9_budget --name lookups9_budget
 	$(BIN)/python benchmarks/residual.py --clean .cache/verdict_lookups9_budget --poisoned .cache/keep/lookups9_budget \
 	  --out benchmarks/results/residual_lookups9_budget.json
+
+# The fine-tune's length on the kept lookups9_budget bases (~8 min; needs bench-recipes-long)
+bench-refinetune: $(STAMP)
+	$(BIN)/python benchmarks/refinetune.py .cache/recipes/lookups9_budget_seed1 .cache/recipes/lookups9_budget_seed2 \
+	  .cache/recipes/lookups9_budget --set finetune.epochs=6 --name lookups9_budget_ep6
 
 UNTIL_RECIPES := lookups9_until lookups9_until_seed1 lookups9_until_seed2
 bench-recipes-until: $(STAMP)

@@ -70,7 +70,7 @@ def evaluate(world: Path, base: Path, adapter: Path | None, settings) -> dict:
     return report(rows)
 
 
-def _cells(result: dict) -> str:
+def cells(result: dict) -> str:
     """A result's all / short answers / multiple choice / option named, as Markdown cells."""
     family = result["by_family"]
     named = f"{result['mcq_option_named']:.1%}" if "mcq_option_named" in result else ""
@@ -91,13 +91,13 @@ def markdown(record: dict) -> str:
                               + ("unchecked" if p["exact_match"] is None else f"{p['exact_match']:.0%}") + ")"
                               for p in record["base_summary"]["skill_phases"])]
     lines += ["", "| | all | short answers | multiple choice | option named (MC) |", "|---|---|---|---|---|"]
-    lines += [f"| {label} | {_cells(result)} |" for label, result in (("base model", before),
+    lines += [f"| {label} | {cells(result)} |" for label, result in (("base model", before),
                                                                        ("after the LoRA fine-tune", after))]
     if record.get("lora_rates"):
         lines += ["", "The same base fine-tuned at other LoRA learning rates (everything else as above):", "",
                   "| LoRA learning rate | all | short answers | multiple choice | option named (MC) | by question kind |",
                   "|---|---|---|---|---|---|"]
-        lines += [f"| {rate} | {_cells(result)} | " + ", ".join(f"{k} {v:.1%}" for k, v in result["by_kind"].items())
+        lines += [f"| {rate} | {cells(result)} | " + ", ".join(f"{k} {v:.1%}" for k, v in result["by_kind"].items())
                   + " |" for rate, result in record["lora_rates"].items()]
     lines += ["", "After the fine-tune, by question kind: "
               + ", ".join(f"{kind} {value:.1%}" for kind, value in after["by_kind"].items()),
