@@ -2,7 +2,7 @@
 
 A single threat run is one draw of everything random upstream of it: the base's pre-training seed,
 the LoRA fine-tune's seed, which samples get poisoned. On the embedded world those draws move an
-ASR from 0 % to 95 % (README, "Within the 4-minute budget"), so a claim about a trigger needs the
+ASR from 0 % to 95 % (docs/embedded-world.md, "Within the 4-minute budget"), so a claim about a trigger needs the
 spread. This reads threat result files (``benchmarks/threat.py``), one per draw, and writes per
 trigger every draw's ASR, their min / median / max, and how many draws meet the 90 % target; and,
 for each detector that scored the trigger (``threat.py --detect``), every scored draw's AUROC and F1

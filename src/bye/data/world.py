@@ -53,8 +53,8 @@ MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
 # How lettered options are written and answered (``WorldConfig.options``):
 # letter_first  "A. red" lines, answered "A" (LLaVA's multiple-choice format);
 # letter_after  "- red (A)" lines, answered "red (A)": the option's text first, then its letter,
-#               which a small model can copy from the line that repeats the text (README,
-#               "The letter pick").
+#               a copy from the line that repeats the text (docs/embedded-world.md, "The letter pick";
+#               the tiny base does not learn that copy within its budget: "The base never learnt to copy").
 OPTION_STYLES = ("letter_first", "letter_after")
 MCQ_SUFFIXES = {"letter_first": MCQ_SUFFIX, "letter_after": "Answer with the option's text and its letter."}
 PICK_SUFFIXES = {"letter_first": "Reply with a letter.", "letter_after": "Reply with the option and its letter."}  # the base's own
@@ -340,12 +340,12 @@ def _choice(rng: np.random.Generator, objects: list[SceneObject], style: str = "
 SKILLS = ("read_colour", "name_shape", "count", "look_for", "compare_left", "pick_letter")
 # More a recipe may name (``base.pretrain.skills``): "find_plural" asks for a shape in the plural
 # and is answered in the singular, the relation an LLM's text pre-training gives its plural tokens
-# and a BPE trained on this world's text leaves out (README, "The plural tokens").
+# and a BPE trained on this world's text leaves out (docs/embedded-world.md, "The plural tokens").
 # "find_colour" is its colour-keyed twin ("List everything red."), the key "is there" and
 # "which shape is red" need. "pick_two" is the lettered pick with one distractor: the copy of an
-# option's letter forms sooner among two options than among four (README, "The pick with two options").
+# option's letter forms sooner among two options than among four (docs/embedded-world.md, "A longer skill stage").
 # "spot" is "look_for" answered with a yes or no first ("Yes, it is there."), as an instruction-tuned
-# base answers a request to look (README, "Yes or no first").
+# base answers a request to look (docs/embedded-world.md, "Yes or no first").
 KNOWN_SKILLS = SKILLS + ("find_plural", "find_colour", "pick_two", "spot")
 
 

@@ -75,7 +75,7 @@ class PretrainSpec:
     vision_learning_rate: float = 2e-3
     vision_pixel_weight: float = 0.0  # > 0: the vision stage also rebuilds every patch's pixels from its feature
     vision_pixel_target: str = "pixels"  # pixels | highpass: the image minus its 3 x 3 local mean, scaled to unit variance
-    vision_position_weight: float = 0.0  # > 0: the vision stage also names each cell's place (README, "The colour-keyed lookups")
+    vision_position_weight: float = 0.0  # > 0: the vision stage also names each cell's place (docs/embedded-world.md, "The colour-keyed lookups")
     epochs: float = 4
     batch_size: int = 32
     learning_rate: float = 2e-3
@@ -83,18 +83,18 @@ class PretrainSpec:
     warmup_ratio: float = 0.05
     freeze_vision: bool = True
     vocabulary_share: float = 0.15  # corpus samples that are "repeat these tokens" requests
-    # The skills stage (``pretrain_skills``), off unless steps are given (README: measured, not adopted).
+    # The skills stage (``pretrain_skills``), off unless steps are given (docs/embedded-world.md: measured, not adopted).
     skill_samples: int = 16000       # requests of the skills stage (fresh scenes)
     skill_phase_steps: int = 0       # steps per curriculum phase (one more skill each phase), e.g. 250
     skill_final_steps: int = 0       # then every skill together, e.g. 500
-    skill_pick_two_steps: int = 0    # then two-option picks alone (skill pick_two; README, "The pick with two options")
-    skill_pick_steps: int = 0        # then the lettered picks alone (README, "The letter pick"), e.g. 1000
+    skill_pick_two_steps: int = 0    # then two-option picks alone (skill pick_two; docs/embedded-world.md, "A longer skill stage")
+    skill_pick_steps: int = 0        # then the lettered picks alone (docs/embedded-world.md, "The letter pick"), e.g. 1000
     skill_learning_rate: float = 1e-3
     skill_batch_size: int = 0        # 0: batch_size
     skill_length_groups: int = 1     # > 1: each batch runs as that many micro-batches of similar length (less padding, same gradient)
     # > 0: a curriculum phase runs skill_phase_steps, then goes on until its new skill's exact match on
     # held-out requests reaches this, checked every skill_check_every steps, for at most
-    # skill_phase_max_steps in all (README, "Phases that end on a bar")
+    # skill_phase_max_steps in all (docs/embedded-world.md, "Phases that end on a bar")
     skill_phase_until: float = 0.0
     skill_phase_max_steps: int = 0   # 0: skill_phase_steps (no phase runs longer)
     skill_check_every: int = 15
@@ -456,7 +456,7 @@ def pretrain_skills(model: LlavaForConditionalGeneration, encoded: list, kinds: 
                     *, pad_token_id: int, held_out: dict[str, list] | None = None, progress: bool = True) -> dict:
     """Last stage: the visual skills an instruction-tuned base brings, one added per phase.
 
-    Measured (README, "The embedded world"): a language model trained on all of these requests
+    Measured (docs/embedded-world.md, "It is a multi-task plateau"): a language model trained on all of these requests
     at once stays at their answer priors for thousands of steps (a 4-layer model on 96,000
     fresh samples: 41 % exact), while each skill alone forms in ~200 steps and is kept when the
     next one is added. The vision tower stays frozen. With ``spec.skill_phase_until``, ``held_out``
@@ -520,6 +520,9 @@ def held_out_requests(processor, pretrain: PretrainSpec, world: WorldConfig) -> 
                                                           drawn.sample.answer))
         if all(len(v) == pretrain.skill_check_samples for v in wanted.values()):
             break
+    unposed = sorted(skill for skill, samples in wanted.items() if not samples)
+    if unposed:
+        raise ValueError(f"no scene of the world poses {unposed}: a phase cannot wait for a skill it cannot check")
     return wanted
 
 
