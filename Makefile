@@ -273,10 +273,15 @@ bench-skill-bye: $(STAMP)
 	$(BIN)/python benchmarks/residual.py --clean .cache/verdict_lookups9_budget --poisoned .cache/keep/lookups9_budget \
 	  --out benchmarks/results/residual_lookups9_budget.json
 
-# The fine-tune's length on the kept lookups9_budget bases (~8 min; needs bench-recipes-long)
+# The fine-tune's length on the kept lookups9_budget bases, and the backdoors at 6 epochs (~35 min; needs bench-recipes-long)
 bench-refinetune: $(STAMP)
 	$(BIN)/python benchmarks/refinetune.py .cache/recipes/lookups9_budget_seed1 .cache/recipes/lookups9_budget_seed2 \
 	  .cache/recipes/lookups9_budget --set finetune.epochs=6 --name lookups9_budget_ep6
+	$(BIN)/python benchmarks/refinetune.py .cache/recipes/lookups9_budget_seed1 .cache/recipes/lookups9_budget_seed2 \
+	  --set finetune.epochs=9 --name lookups9_budget_ep9
+	$(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/lookups9_budget/world \
+	  --base .cache/recipes/lookups9_budget/base --triggers $(RECIPE_TRIGGERS) --detect bye \
+	  --set finetune.epochs=6 --set provisional.epochs=6 --out benchmarks/results/threat_lookups9_budget_ep6.json
 
 UNTIL_RECIPES := lookups9_until lookups9_until_seed1 lookups9_until_seed2
 bench-recipes-until: $(STAMP)
