@@ -129,6 +129,10 @@ bench-learning: $(STAMP)
 	$(BIN)/python benchmarks/text_oracle.py
 	$(BIN)/python benchmarks/letter_pick.py
 	$(BIN)/python benchmarks/letter_pick.py --formats word_tag --steps 1500 --out benchmarks/results/letter_pick_word_tag.json
+	$(BIN)/python benchmarks/letter_pick.py --formats any_paren --steps 1500 --out benchmarks/results/letter_pick_any_paren.json
+	$(BIN)/python benchmarks/letter_pick.py --formats any_paren --steps 1000 --copy-steps 2500 \
+	  --out benchmarks/results/letter_pick_copy_warm_up.json
+	$(BIN)/python benchmarks/skill_probe.py --base models/base --out benchmarks/results/skill_probe_demo.json
 	$(BIN)/python benchmarks/mixed_lr.py
 	$(BIN)/python benchmarks/mixed_lr.py --runs 0.0003:letter_first --pool 12000 --out benchmarks/results/mixed_lr_pool12000.json
 	$(BIN)/python benchmarks/mixed_lr.py --runs 0.0003:letter_first --plurals words --out benchmarks/results/mixed_lr_plural_words.json
