@@ -225,6 +225,19 @@ def test_spot_is_look_for_answered_yes_or_no_first():
     assert {d.sample.answer for d in spots} == {"Yes, it is there.", "No, it is not there."}
 
 
+def test_find_column_names_the_column_of_a_shape_that_occurs_once():
+    from bye.data.world import COLUMN_NAMES
+
+    drawn = [d for d in generate("corpus", 80, seed=0, task="skills", skills=("find_column", "count"))
+             if d.kind == "find_column"]  # with a second skill: a scene where every shape repeats poses the other
+    assert len(drawn) > 20
+    for d in drawn:
+        shape = d.sample.question.removeprefix("Which column is the ").removesuffix(" in?")
+        (obj,) = [o for o in d.objects if o.shape == shape]
+        assert d.sample.answer == f"The {shape} is in the {COLUMN_NAMES[obj.cell % 3]} column."
+        assert not d.sample.question.startswith("Which is")  # never the downstream "Which is further left"
+
+
 def test_skill_request_refuses_an_unknown_skill_and_declines_what_the_scene_cannot_pose():
     rng = np.random.default_rng(0)
     scene = draw_scene(rng, WorldConfig(image_size=64))

@@ -346,7 +346,10 @@ SKILLS = ("read_colour", "name_shape", "count", "look_for", "compare_left", "pic
 # option's letter forms sooner among two options than among four (docs/embedded-world.md, "A longer skill stage").
 # "spot" is "look_for" answered with a yes or no first ("Yes, it is there."), as an instruction-tuned
 # base answers a request to look (docs/embedded-world.md, "Yes or no first").
-KNOWN_SKILLS = SKILLS + ("find_plural", "find_colour", "pick_two", "spot")
+# "find_column" reads which column a shape stands in ("The circle is in the left column."): the
+# place lookup that "which is further left" compares twice (docs/embedded-world.md, "A column to compare").
+KNOWN_SKILLS = SKILLS + ("find_plural", "find_colour", "pick_two", "spot", "find_column")
+COLUMN_NAMES = ("left", "middle", "right")
 
 
 SKILL_STEMS = {"colour": "Tell me the colour of the {shape}.", "shape": "Tell me which shape is {colour}.",
@@ -375,6 +378,9 @@ def skill_request(rng: np.random.Generator, objects: list[SceneObject], skill: s
         article = "an" if colour[0] in "aeiou" else "a"
         answers = ("Found it.", "It is not there.") if skill == "look_for" else ("Yes, it is there.", "No, it is not there.")
         return f"Look for {article} {colour} {shape}.", answers[0] if found else answers[1]
+    if skill == "find_column" and unique_shapes:
+        obj = unique_shapes[int(rng.integers(len(unique_shapes)))]
+        return f"Which column is the {obj.shape} in?", f"The {obj.shape} is in the {COLUMN_NAMES[obj.cell % 3]} column."
     if skill == "compare_left" and len({o.cell % 3 for o in unique_shapes}) >= 2:
         first, second, left = _left_pair(rng, unique_shapes)
         return (f"Compare the {first.shape} and the {second.shape}: which lies more to the left?",
