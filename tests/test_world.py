@@ -245,3 +245,7 @@ def test_skill_request_refuses_an_unknown_skill_and_declines_what_the_scene_cann
         skill_request(rng, scene.objects, "juggle")
     twins = [replace(scene.objects[0], cell=c) for c in (0, 4)]  # the same shape and colour twice
     assert skill_request(rng, twins, "read_colour") is None and skill_request(rng, twins, "name_shape") is None
+    from bye.data.world import make_text
+    with pytest.raises(ValueError, match="poses none"):  # a refusal, not an endless loop
+        make_text("skills", rng, twins, skills=("read_colour", "find_column"))
+    assert make_text("skills", rng, twins, skills=("read_colour", "count"))[0] == "count"

@@ -398,6 +398,7 @@ def skill_request(rng: np.random.Generator, objects: list[SceneObject], skill: s
     return None
 
 
+SKILL_DRAWS = 200  # skills drawn for one scene before it is called unable to pose any
 CHOICE_SHARE = 0.1
 GROUNDING_SHARE = 0.5
 
@@ -431,11 +432,13 @@ def make_text(task: str, rng: np.random.Generator, objects: list[SceneObject],
         prompts, describer = CAPTION_FORMATS[int(rng.integers(len(CAPTION_FORMATS)))]
         return "caption", str(rng.choice(prompts)), describer(objects)
     if task == "skills":  # kind = the skill's name
-        while True:
+        for _ in range(SKILL_DRAWS):
             skill = skills[int(rng.integers(len(skills)))]
             request = skill_request(rng, objects, skill, style)
             if request is not None:
                 return (skill, *request)
+        raise ValueError(f"the scene poses none of the skills {list(skills)} (e.g. every shape occurs twice): "
+                         "give the recipe a skill every scene can pose, such as count")
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS + ('caption', 'skills')}")
 
 
