@@ -25,11 +25,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from common import machine, machine_line, question_kind, with_overrides
+from common import machine, machine_line, question_kind, with_overrides, write_results
 
 from bye.config import load_params
 from bye.data.world import write_world
-from bye.io import atomic_write_json, atomic_write_text
 from bye.models.evaluate import accuracy_report, evaluate_samples, letter_after_text, options_of, predicted_letter
 from bye.models.finetune import finetune
 from bye.models.loading import load_for_inference
@@ -144,10 +143,7 @@ def main() -> None:
     record["base_summary"] = {k: summary[k] for k in ("image_tokens", "epoch_losses", "skill_steps", "skill_losses",
                                                       "skill_phases", "vision_cell_accuracy")}
     record["finetune_epoch_losses"] = tuned["epoch_losses"]
-    out = RESULTS / f"base_recipe_{args.name}.json"
-    atomic_write_json(out, record)
-    atomic_write_text(out.with_suffix(".md"), markdown(record))
-    print(markdown(record))
+    write_results(RESULTS / f"base_recipe_{args.name}.json", record, markdown(record))
 
 
 if __name__ == "__main__":

@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common import machine_line, world_arguments
+from common import machine_line, world_arguments, write_results
 
 from bye.attacks.poison import poison_submission
 from bye.config import load_params
 from bye.detect.scan import scan_submission
-from bye.io import atomic_write_json, atomic_write_text
 from bye.metrics import detection_metrics
 from bye.models.finetune import finetune
 from bye.settings import attack_settings, lora_settings, scan_settings, trigger
@@ -111,9 +110,7 @@ def main() -> None:
     record = {"method": method, "rate": args.rate, "triggers": results, "cheapest_within_one_point": cheapest(results),
               "clean_finetune_epochs": lora_settings(params).epochs, "seconds": time.perf_counter() - began,
               "machine": machine_line()}
-    atomic_write_json(out, record)
-    atomic_write_text(out.with_suffix(".md"), markdown(record))
-    print(markdown(record))
+    write_results(out, record, markdown(record))
 
 
 if __name__ == "__main__":

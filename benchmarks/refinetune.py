@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 
 from base_recipe import cells, evaluate
-from common import machine, machine_line, with_overrides
+from common import machine, machine_line, with_overrides, write_results
 
 from bye.config import load_params
-from bye.io import atomic_write_json, atomic_write_text
 from bye.models.finetune import finetune
 from bye.settings import eval_settings, lora_settings
 
@@ -62,10 +61,7 @@ def main() -> None:
         record["runs"][kept.name] = {"seconds": round(seconds, 1), "epoch_losses": tuned["epoch_losses"],
                                      "result": result}
         print(kept.name, f"{seconds:.0f} s", cells(result), flush=True)
-    out = RESULTS / f"refinetune_{args.name}.json"
-    atomic_write_json(out, record)
-    atomic_write_text(out.with_suffix(".md"), markdown(record))
-    print(markdown(record))
+    write_results(RESULTS / f"refinetune_{args.name}.json", record, markdown(record))
 
 
 if __name__ == "__main__":

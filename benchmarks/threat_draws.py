@@ -21,7 +21,7 @@ import json
 import statistics
 from pathlib import Path
 
-from bye.io import atomic_write_json, atomic_write_text
+from common import write_results
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_ASR = 0.9
@@ -95,10 +95,7 @@ def main() -> None:
     draws = {label: json.loads(Path(path).read_text()) for label, path in sources.items()}
     summary = summarise(draws) | {"sources": sources}
     out = RESULTS / f"threat_draws_{args.name}.json"
-    atomic_write_json(out, summary)
-    text = markdown(args.name, summary, sources)
-    atomic_write_text(out.with_suffix(".md"), text)
-    print(text)
+    write_results(out, summary, markdown(args.name, summary, sources))
 
 
 if __name__ == "__main__":
