@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PREFECT_API := http://127.0.0.1:4200/api
 PREFECT_UP  := $(BIN)/python -c "from flows.runtime import server_is_up; raise SystemExit(not server_is_up())"
 
-.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-recipes-rate bench-recipes-long bench-recipes-until bench-recipes-spot bench-skill-bye bench-refinetune bench-recipes-column bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated bench-trigger-probe bench-highpass bench-residual bench-trigger-attention clean prefect-server ui
+.PHONY: install demo test bench bench-extract bench-extract-gpu bench-threat bench-verdict bench-matrix bench-cost bench-target bench-noise bench-learning bench-recipes bench-recipes-budget bench-recipes-rate bench-recipes-long bench-recipes-until bench-recipes-spot bench-skill-bye bench-refinetune bench-recipes-column bench-recipes-highpass9 bench-threat-draws bench-projector bench-verdict-wide bench-prompt-check bench-concentrated bench-trigger-probe bench-highpass bench-residual bench-trigger-attention clean prefect-server ui
 
 install: $(STAMP)
 
@@ -290,11 +290,28 @@ bench-refinetune: $(STAMP)
 COLUMN_SKILLS := --set "base.pretrain.skills=[read_colour, find_column, name_shape, find_plural, find_colour, count, look_for, pick_letter]"
 RECIPE_column9_ep6 := $(NINE_RATE) --set base.pretrain.epochs=1 $(COLUMN_SKILLS) --set base.pretrain.skill_phase_steps=90 \
   --set base.pretrain.skill_final_steps=500 $(GROUPS3) --set finetune.epochs=6
+# and with the vision stage's place head (base.pretrain.vision_position_weight), which keeps each token's cell readable
+# in the projected tokens (docs/embedded-world.md, "A column to compare, with the place kept")
+RECIPE_column9_place_ep6 := $(RECIPE_column9_ep6) --set base.pretrain.vision_position_weight=1.0
+COLUMN_RECIPES := column9_ep6 column9_place_ep6
 bench-recipes-column: $(STAMP)
-	$(BIN)/python benchmarks/base_recipe.py --name column9_ep6 $(RECIPE_column9_ep6) --keep .cache/recipes/column9_ep6
-	$(BIN)/python benchmarks/skill_probe.py --base .cache/recipes/column9_ep6/base --options letter_after \
-	  --skills read_colour name_shape count look_for compare_left pick_letter find_plural find_colour pick_two find_column \
-	  --out benchmarks/results/skill_probe_column9_ep6.json
+	set -e; $(foreach r,$(COLUMN_RECIPES), \
+	  $(BIN)/python benchmarks/base_recipe.py --name $(r) $(RECIPE_$(r)) --keep .cache/recipes/$(r); \
+	  $(BIN)/python benchmarks/skill_probe.py --base .cache/recipes/$(r)/base --options letter_after \
+	    --skills read_colour name_shape count look_for compare_left pick_letter find_plural find_colour pick_two find_column \
+	    --out benchmarks/results/skill_probe_$(r).json;)
+
+# The skill base with the high-pass tower (the recipe that planted dual_patch and blended on the demo world:
+# bench-highpass), at the 6-epoch fine-tune, and its backdoors (docs/backdoors.md, "The skill base with the
+# high-pass tower"; ~25 minutes)
+RECIPE_lookups9_highpass := $(RECIPE_lookups9_budget) --set base.pretrain.vision_pixel_weight=1.0 \
+  --set base.pretrain.vision_pixel_target=highpass --set finetune.epochs=6
+bench-recipes-highpass9: $(STAMP)
+	$(BIN)/python benchmarks/base_recipe.py --name lookups9_highpass $(RECIPE_lookups9_highpass) \
+	  --keep .cache/recipes/lookups9_highpass
+	$(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/lookups9_highpass/world \
+	  --base .cache/recipes/lookups9_highpass/base --triggers $(RECIPE_TRIGGERS),blended --detect bye \
+	  --set finetune.epochs=6 --set provisional.epochs=6 --out benchmarks/results/threat_lookups9_highpass_ep6.json
 
 UNTIL_RECIPES := lookups9_until lookups9_until_seed1 lookups9_until_seed2
 bench-recipes-until: $(STAMP)
