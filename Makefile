@@ -302,16 +302,22 @@ bench-recipes-column: $(STAMP)
 	    --out benchmarks/results/skill_probe_$(r).json;)
 
 # The skill base with the high-pass tower (the recipe that planted dual_patch and blended on the demo world:
-# bench-highpass), at the 6-epoch fine-tune, and its backdoors (docs/backdoors.md, "The skill base with the
-# high-pass tower"; ~25 minutes)
-RECIPE_lookups9_highpass := $(RECIPE_lookups9_budget) --set base.pretrain.vision_pixel_weight=1.0 \
-  --set base.pretrain.vision_pixel_target=highpass --set finetune.epochs=6
+# bench-highpass), at the 6-epoch fine-tune, and its backdoors, on three pre-training seeds (docs/backdoors.md,
+# "The skill base with the high-pass tower"; ~65 minutes; seed 0 also at LoRA 5e-4)
+HIGHPASS9 := --set base.pretrain.vision_pixel_weight=1.0 --set base.pretrain.vision_pixel_target=highpass \
+  --set finetune.epochs=6
+LOOKUPS9_HIGHPASS := $(NINE_RATE) --set base.pretrain.epochs=1 $(LOOKUP_SKILLS) --set base.pretrain.skill_phase_steps=90 \
+  --set base.pretrain.skill_final_steps=500 $(GROUPS3) $(HIGHPASS9)
+RECIPE_lookups9_highpass := $(LOOKUPS9_HIGHPASS) --lora-rates 0.0005
+RECIPE_lookups9_highpass_seed1 := $(LOOKUPS9_HIGHPASS) --set base.pretrain.seed=1
+RECIPE_lookups9_highpass_seed2 := $(LOOKUPS9_HIGHPASS) --set base.pretrain.seed=2
+HIGHPASS9_RECIPES := lookups9_highpass lookups9_highpass_seed1 lookups9_highpass_seed2
 bench-recipes-highpass9: $(STAMP)
-	$(BIN)/python benchmarks/base_recipe.py --name lookups9_highpass $(RECIPE_lookups9_highpass) \
-	  --keep .cache/recipes/lookups9_highpass
-	$(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/lookups9_highpass/world \
-	  --base .cache/recipes/lookups9_highpass/base --triggers $(RECIPE_TRIGGERS),blended --detect bye \
-	  --set finetune.epochs=6 --set provisional.epochs=6 --out benchmarks/results/threat_lookups9_highpass_ep6.json
+	set -e; $(foreach r,$(HIGHPASS9_RECIPES), \
+	  $(BIN)/python benchmarks/base_recipe.py --name $(r) $(RECIPE_$(r)) --keep .cache/recipes/$(r); \
+	  $(BIN)/python benchmarks/threat.py --no-gallery --world .cache/recipes/$(r)/world --base .cache/recipes/$(r)/base \
+	    --triggers $(RECIPE_TRIGGERS),blended --detect bye --set finetune.epochs=6 --set provisional.epochs=6 \
+	    --out benchmarks/results/threat_$(r)_ep6.json;)
 
 UNTIL_RECIPES := lookups9_until lookups9_until_seed1 lookups9_until_seed2
 bench-recipes-until: $(STAMP)

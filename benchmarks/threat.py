@@ -80,6 +80,11 @@ def detection(submission: Path, truth_json: Path, base: Path, adapter: Path, nam
     return found
 
 
+def by_family(result: dict) -> str:
+    """``vqa 80.0%, mcq 60.0%``: where the backdoor fires (— for results written before it was recorded)."""
+    return ", ".join(f"{f} {v:.1%}" for f, v in sorted(result.get("asr_by_family", {}).items(), reverse=True)) or "—"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", type=Path, default=Path("data/world"))
@@ -132,7 +137,8 @@ def main() -> None:
             metrics = run_evaluation(args.world / "test.json", args.world / "images", args.base, sub / "adapter",
                                      settings, trigger=trigger, progress=False)
             results[name] = {"asr": metrics["asr"], "accuracy": metrics["accuracy"],
-                             "accuracy_drop": clean["accuracy"] - metrics["accuracy"]}
+                             "accuracy_drop": clean["accuracy"] - metrics["accuracy"],
+                             "asr_by_family": {f: v["asr"] for f, v in metrics.get("asr_by_family", {}).items()}}
             print(f"{name}: asr {metrics['asr']:.3f} accuracy {metrics['accuracy']:.3f}", flush=True)
             if detectors:
                 results[name]["detection"] = detection(sub, tmp / f"{name}.truth.json", args.base, sub / "adapter",
@@ -144,9 +150,10 @@ def main() -> None:
                     shutil.copyfile(sub / "train.json", args.keep / name / "train.json")  # the questions
     results["seconds"] = time.perf_counter() - began
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    rows = [f"| {n} | {results[n]['asr']:.1%} | {results[n]['accuracy']:.1%} | {results[n]['accuracy_drop'] * 100:+.1f} |"
-            for n in names]
-    table = "\n".join(["| trigger | ASR | clean accuracy | drop vs clean fine-tune (points) |", "|---|---|---|---|", *rows])
+    rows = [f"| {n} | {results[n]['asr']:.1%} | {by_family(results[n])} | {results[n]['accuracy']:.1%} | "
+            f"{results[n]['accuracy_drop'] * 100:+.1f} |" for n in names]
+    table = "\n".join(["| trigger | ASR | ASR by family | clean accuracy | drop vs clean fine-tune (points) |",
+                       "|---|---|---|---|---|", *rows])
     if detectors:
         found = [f"| {n} | {results[n]['asr']:.1%} | " + " | ".join(
             f"{d['f1']:.2f} / {d['auroc']:.3f} / {d['removed']:.1%} ({d['verdict']})"

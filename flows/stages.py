@@ -335,8 +335,9 @@ def eval_flow(which: str = "clean", test_json: str | None = None, root: str = ".
                              trigger=trigger(attack["name"], params) if which != "base" and attack.get("name") else None,
                              target=attack.get("target"), out_json=str(out),
                              predictions_csv=str(layout.metrics / "predictions.csv") if which == "clean" else None)
-        run.metrics({**_numbers(metrics), **{f"{family}_accuracy": v["accuracy"]
-                                             for family, v in metrics.get("by_family", {}).items()}})
+        run.metrics(_numbers({**metrics,
+                              **{f"{family}_accuracy": v["accuracy"] for family, v in metrics.get("by_family", {}).items()},
+                              **{f"{family}_asr": v["asr"] for family, v in metrics.get("asr_by_family", {}).items()}}))
         gate(run, check_metrics, metrics, docs_dir=layout.gx / name)
         run.file(out)
     return metrics

@@ -58,6 +58,8 @@ def test_repro_scans_the_upload_and_checkpoint_that_params_name(tiny_world, pref
     assert list(scores["id"]) == ids
     metrics = json.loads((root / "metrics" / "eval.json").read_text())
     assert metrics["n"] == len(read_manifest(tiny_world / "test.json")) and "asr" in metrics
+    by_family = metrics["asr_by_family"]  # where the backdoor fires: short answers, multiple choice
+    assert by_family and sum(v["n"] for v in by_family.values()) == metrics["n_asr"]
     assert (root / "reports" / "report" / "report.html").is_file()
 
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]

@@ -123,14 +123,24 @@ def accuracy_report(rows: list[dict]) -> dict:
 
 
 def attack_success_rate(rows: list[dict], target: str) -> dict:
-    """Share of triggered samples whose true answer is not the target and whose output is.
+    """Share of triggered samples whose true answer is not the target and whose output is; with
+    ``asr_by_family`` the same per task family (rows that name one: short answers, multiple choice),
+    since a backdoor can fire on one family and not the other.
 
     ``rows`` come from :func:`evaluate_samples` run on triggered images.
     """
     goal = normalise(target)
     eligible = [r for r in rows if normalise(r["reference"]) != goal]
-    hits = sum(normalise(r["prediction"]) == goal for r in eligible)
-    return {"asr": hits / len(eligible) if eligible else float("nan"), "n_asr": len(eligible)}
+
+    def rate(subset):
+        hits = sum(normalise(r["prediction"]) == goal for r in subset)
+        return hits / len(subset) if subset else float("nan")
+
+    report = {"asr": rate(eligible), "n_asr": len(eligible)}
+    for family in sorted({r["family"] for r in eligible if "family" in r}):
+        subset = [r for r in eligible if r.get("family") == family]
+        report.setdefault("asr_by_family", {})[family] = {"asr": rate(subset), "n": len(subset)}
+    return report
 
 
 @dataclass(frozen=True)
