@@ -60,6 +60,10 @@ def test_repro_scans_the_upload_and_checkpoint_that_params_name(tiny_world, pref
     assert metrics["n"] == len(read_manifest(tiny_world / "test.json")) and "asr" in metrics
     by_family = metrics["asr_by_family"]  # where the backdoor fires: short answers, multiple choice
     assert by_family and sum(v["n"] for v in by_family.values()) == metrics["n_asr"]
+    from tasks import tracking  # the reviewer sees it in the eval stage's MLflow run
+
+    evals = tracking._client(root).search_runs([tracking.ensure_experiment(root=root)], "tags.`bye.stage` = 'eval'")
+    assert evals and {f"{family}_asr" for family in by_family} <= set(evals[0].data.metrics)
     assert (root / "reports" / "report" / "report.html").is_file()
 
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
