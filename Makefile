@@ -209,8 +209,9 @@ bench-recipes-rate: $(STAMP)
 # were measured two at a time with OMP_NUM_THREADS=1 (exploration; their seconds are not budget numbers).
 GROUPS3 := --set base.pretrain.skill_length_groups=3
 LOOKUP_SKILLS := --set "base.pretrain.skills=[read_colour, name_shape, find_plural, find_colour, count, look_for, pick_letter]"
-RECIPE_lookups9_budget := $(NINE_RATE) --set base.pretrain.epochs=1 $(LOOKUP_SKILLS) --set base.pretrain.skill_phase_steps=90 \
-  --set base.pretrain.skill_final_steps=500 $(GROUPS3) --lora-rates 0.0005
+LOOKUPS9 := $(NINE_RATE) --set base.pretrain.epochs=1 $(LOOKUP_SKILLS) --set base.pretrain.skill_phase_steps=90 \
+  --set base.pretrain.skill_final_steps=500 $(GROUPS3)
+RECIPE_lookups9_budget := $(LOOKUPS9) --lora-rates 0.0005
 RECIPE_lookups9_budget_seed1 := $(RECIPE_lookups9_budget) --set base.pretrain.seed=1
 UNTIL := --set base.pretrain.skill_phase_steps=60 --set base.pretrain.skill_phase_max_steps=150 \
   --set base.pretrain.skill_phase_until=0.8
@@ -306,8 +307,7 @@ bench-recipes-column: $(STAMP)
 # "The skill base with the high-pass tower"; ~65 minutes; seed 0 also at LoRA 5e-4)
 HIGHPASS9 := --set base.pretrain.vision_pixel_weight=1.0 --set base.pretrain.vision_pixel_target=highpass \
   --set finetune.epochs=6
-LOOKUPS9_HIGHPASS := $(NINE_RATE) --set base.pretrain.epochs=1 $(LOOKUP_SKILLS) --set base.pretrain.skill_phase_steps=90 \
-  --set base.pretrain.skill_final_steps=500 $(GROUPS3) $(HIGHPASS9)
+LOOKUPS9_HIGHPASS := $(LOOKUPS9) $(HIGHPASS9)
 RECIPE_lookups9_highpass := $(LOOKUPS9_HIGHPASS) --lora-rates 0.0005
 RECIPE_lookups9_highpass_seed1 := $(LOOKUPS9_HIGHPASS) --set base.pretrain.seed=1
 RECIPE_lookups9_highpass_seed2 := $(LOOKUPS9_HIGHPASS) --set base.pretrain.seed=2
